@@ -1,0 +1,76 @@
+"""The actor runtime: actors, refs, supervisors, the name registry, embedding.
+
+Erlang/OTP's gen_server and supervisor, on anyio (asyncio and trio). See docs/actors.md.
+"""
+
+from ._actor import Actor, Request, handler
+from ._embedded import EmbeddedRuntime, SyncActorRef, SyncSupervisorRef, embedded
+from ._errors import (
+    ActorCrashed,
+    ActorDead,
+    ActorError,
+    ActorInitFailed,
+    CallTimeout,
+    CallToSelf,
+    ChildAlreadyExists,
+    ChildNotFound,
+    ChildRunning,
+    MailboxFull,
+    NameTaken,
+    RestartIntensityExceeded,
+    UnhandledMessage,
+)
+from ._mailbox import Overflow
+from ._reason import ExitReason
+from ._ref import ActorRef
+from ._restart import Backoff, RestartIntensity
+from ._runtime import Runtime, RuntimeEvent, open_runtime
+from ._supervisor import (
+    ChildCounts,
+    ChildInfo,
+    ChildSpec,
+    RestartType,
+    Strategy,
+    Supervisor,
+    SupervisorRef,
+)
+from ._timers import Timer
+
+__all__ = [
+    "Actor",
+    "ActorCrashed",
+    "ActorDead",
+    "ActorError",
+    "ActorInitFailed",
+    "ActorRef",
+    "Backoff",
+    "CallTimeout",
+    "CallToSelf",
+    "ChildAlreadyExists",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildNotFound",
+    "ChildRunning",
+    "ChildSpec",
+    "EmbeddedRuntime",
+    "ExitReason",
+    "MailboxFull",
+    "NameTaken",
+    "Overflow",
+    "Request",
+    "RestartIntensity",
+    "RestartIntensityExceeded",
+    "RestartType",
+    "Runtime",
+    "RuntimeEvent",
+    "Strategy",
+    "Supervisor",
+    "SupervisorRef",
+    "SyncActorRef",
+    "SyncSupervisorRef",
+    "Timer",
+    "UnhandledMessage",
+    "embedded",
+    "handler",
+    "open_runtime",
+]

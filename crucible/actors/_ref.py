@@ -1,0 +1,119 @@
+"""``ActorRef``: the handle through which everyone else talks to one actor incarnation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+import anyio
+
+from ._errors import ActorDead, CallTimeout, CallToSelf, UnhandledMessage
+from ._mailbox import Call
+
+if TYPE_CHECKING:
+    from ._actor import Actor, Request
+    from ._cell import Cell
+    from ._reason import ExitReason
+
+A = TypeVar("A", bound="Actor[Any]", covariant=True)
+R = TypeVar("R")
+
+DEFAULT_CALL_TIMEOUT = 5.0
+
+
+class ActorRef(Generic[A]):
+    """Refers to one incarnation of an actor. Once it stops, every operation raises
+    ``ActorDead``; after a supervisor restart, ``runtime.whereis(name)`` gives the new one."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def name(self) -> str | None:
+        return self._cell.name
+
+    @property
+    def alive(self) -> bool:
+        return self._cell.alive
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """Why it stopped, or None while it runs."""
+        return self._cell.exit_reason
+
+    @property
+    def dropped(self) -> int:
+        """Messages its mailbox dropped or refused under its overflow policy."""
+        return self._cell.mailbox.dropped
+
+    @property
+    def queued(self) -> int:
+        return len(self._cell.mailbox.items)
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else f"stopped: {self.exit_reason}"
+        return f"<ActorRef {self._cell.label} {state}>"
+
+    def _check(self, message: Any) -> None:
+        cell = self._cell
+        if type(cell.actor).handler_for(type(message)) is None:
+            raise UnhandledMessage(f"{cell.label} has no handler for {type(message).__name__}")
+
+    @overload
+    async def call(self, message: Request[R], timeout: float | None = ...) -> R: ...
+    @overload
+    async def call(self, message: Any, timeout: float | None = ...) -> Any: ...
+    async def call(self, message: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
+        """Send a request and wait for the handler's return value.
+
+        Raises CallTimeout after ``timeout`` seconds (None waits forever; a reply that comes
+        later is dropped), ActorDead if the actor stops before answering, ActorCrashed (with
+        the handler's exception as ``__cause__``) if the handler raised, MailboxFull if the
+        overflow policy refused the request, CallToSelf from inside the same actor.
+        Cancelling the caller only stops the wait: the request may still be handled.
+        """
+        from ._cell import current_cell
+
+        cell = self._cell
+        if cell.mailbox.closed is not None:
+            raise ActorDead(cell.mailbox.closed)
+        if current_cell.get() is cell:
+            raise CallToSelf(
+                f"{cell.label} called itself with {type(message).__name__}: it could never "
+                f"answer while handling; call the method directly or cast instead"
+            )
+        self._check(message)
+        call = Call(message)
+        if timeout is None:
+            await cell.mailbox.put(call)
+            return await call.wait()
+        with anyio.move_on_after(timeout):
+            await cell.mailbox.put(call)
+            return await call.wait()
+        raise CallTimeout(f"{cell.label} did not answer {type(message).__name__} within {timeout}s")
+
+    async def cast(self, message: Any) -> None:
+        """Send without waiting for a reply. Waits only under the ``block`` policy while the
+        mailbox is full (back-pressure); other policies never wait."""
+        self._check(message)
+        await self._cell.mailbox.put(message)
+
+    def cast_nowait(self, message: Any) -> None:
+        """Send without waiting at all; a full mailbox under ``block`` raises MailboxFull."""
+        self._check(message)
+        self._cell.mailbox.put_nowait(message)
+
+    def send_info(self, message: Any) -> None:
+        """Deliver a message from outside the actor's protocol (timers, notifications). An
+        info message without a handler is dropped instead of raising."""
+        self._cell.mailbox.put_nowait(message)
+
+    async def stop(self, timeout: float | None = 5.0) -> ExitReason:
+        """Stop the actor after its current message; after ``timeout`` seconds it is
+        cancelled. Returns its exit reason once it has fully stopped."""
+        return await self._cell.stop(timeout)
+
+    async def wait(self) -> ExitReason:
+        """Wait until the actor stops; returns why."""
+        return await self._cell.wait()

@@ -1,0 +1,69 @@
+"""Telemetry for Crucible: an event bus, the standard event catalog, experiments that record
+enriched events, queries, analysis and export.
+
+Emit with ``execute(name, measurements, metadata)`` or ``with span(prefix, metadata):``;
+consume with ``attach(handler_id, events, fn, config)``. A ``Telemetry`` hub records the
+events addressed to its experiments. See docs/telemetry.md.
+"""
+
+from crucible.telemetry._bus import (
+    HandlerFn,
+    HandlerInfo,
+    attach,
+    attach_many,
+    detach,
+    execute,
+    list_handlers,
+    span,
+)
+from crucible.telemetry._catalog import EventInfo, event_info, events_by_category, standard_events
+from crucible.telemetry._enrichment import DEFAULT_PRICES, ModelPrice, PriceTable, enrich
+from crucible.telemetry._errors import (
+    AlreadyPaused,
+    DuplicateHandler,
+    NoData,
+    NotFound,
+    NotPaused,
+    NotRunning,
+    TelemetryError,
+    UnsupportedFormat,
+)
+from crucible.telemetry._event import (
+    Experiment,
+    ExperimentStatus,
+    TelemetryEvent,
+    current_experiment_id,
+)
+from crucible.telemetry._store import EventStore
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "AlreadyPaused",
+    "DuplicateHandler",
+    "EventInfo",
+    "EventStore",
+    "Experiment",
+    "ExperimentStatus",
+    "HandlerFn",
+    "HandlerInfo",
+    "ModelPrice",
+    "NoData",
+    "NotFound",
+    "NotPaused",
+    "NotRunning",
+    "PriceTable",
+    "TelemetryError",
+    "TelemetryEvent",
+    "UnsupportedFormat",
+    "attach",
+    "attach_many",
+    "current_experiment_id",
+    "detach",
+    "enrich",
+    "event_info",
+    "events_by_category",
+    "execute",
+    "list_handlers",
+    "span",
+    "standard_events",
+]

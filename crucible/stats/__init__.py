@@ -1,0 +1,22 @@
+"""Pure statistics for Crucible: no I/O, no actors.
+
+- `RunningStats`: streaming count/mean/variance/min/max (Welford), vectorised batches and
+  Chan et al.'s parallel merge, checkpointable as a `RunningStatsState` msgspec struct.
+- `percentile` / `percentiles`: exact percentiles of stored data (linear interpolation).
+
+Non-finite values (NaN, ±inf) are counted apart, never folded into a statistic.
+"""
+
+from ._errors import InvalidStateError, InvalidValueError, StatsError
+from ._percentile import percentile, percentiles
+from ._running import RunningStats, RunningStatsState
+
+__all__ = [
+    "InvalidStateError",
+    "InvalidValueError",
+    "RunningStats",
+    "RunningStatsState",
+    "StatsError",
+    "percentile",
+    "percentiles",
+]

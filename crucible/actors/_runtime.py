@@ -206,11 +206,18 @@ async def open_runtime() -> AsyncIterator[Runtime]:
     On exit (normal, exception or cancellation) every actor is stopped in reverse start order,
     each given its shutdown timeout; no actor outlives the block.
     """
-    async with anyio.create_task_group() as tg:
-        runtime = Runtime(tg)
-        try:
-            yield runtime
-        finally:
-            with anyio.CancelScope(shield=True):
-                await runtime.shutdown()
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            runtime = Runtime(tg)
+            try:
+                yield runtime
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runtime.shutdown()
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Actors never raise into this group (their tasks catch everything), so a lone error
+        # is the caller's own: re-raise it as it was, not wrapped in a group.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise

@@ -133,6 +133,7 @@ class _ChildExited(msgspec.Struct, frozen=True):
 class _RestartDue(msgspec.Struct, frozen=True):
     ids: tuple[str, ...]
     generation: int
+    delay: float
 
 
 class Supervisor(Actor[None]):
@@ -265,14 +266,14 @@ class Supervisor(Actor[None]):
         if delay <= 0:
             await self._restart_group(ids, delay)
         else:
-            self.send_after(delay, _RestartDue(ids, self._generation))
+            self.send_after(delay, _RestartDue(ids, self._generation, delay))
 
     @handler
     async def _on_restart_due(self, message: _RestartDue) -> None:
         if message.generation == self._generation:
-            await self._restart_group(message.ids, None)
+            await self._restart_group(message.ids, message.delay)
 
-    async def _restart_group(self, ids: tuple[str, ...], delay: float | None) -> None:
+    async def _restart_group(self, ids: tuple[str, ...], delay: float) -> None:
         for child in [c for c in self._children if c.spec.id in ids]:
             if child.status != "restarting":
                 continue

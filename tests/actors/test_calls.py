@@ -1,0 +1,283 @@
+"""call / cast / info semantics: ordering, correlation, timeouts, crashes, dead actors."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import pytest
+from actor_kit import Add, Counter, Crash, Echo, Get, Hold, Note, Recorder, Seen
+
+from crucible.actors import (
+    Actor,
+    ActorCrashed,
+    ActorDead,
+    ActorInitFailed,
+    CallTimeout,
+    CallToSelf,
+    Request,
+    UnhandledMessage,
+    handler,
+    open_runtime,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_call_returns_handler_value_and_casts_apply_in_order() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Counter())
+        for n in range(1, 101):
+            await ref.cast(Add(n))
+        ref.cast_nowait(Add(1000))
+        assert await ref.call(Get()) == sum(range(1, 101)) + 1000
+
+
+async def test_many_concurrent_callers_each_get_their_own_replies_in_order() -> None:
+    callers, per_caller = 40, 25
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Recorder())
+        replies: dict[int, list[tuple[int, int]]] = {c: [] for c in range(callers)}
+
+        async def caller(c: int) -> None:
+            for seq in range(per_caller):
+                replies[c].append(await ref.call(Echo(c, seq)))
+
+        async with anyio.create_task_group() as tg:
+            for c in range(callers):
+                tg.start_soon(caller, c)
+        for c in range(callers):
+            assert replies[c] == [(c, seq) for seq in range(per_caller)]
+        handled = await ref.call(Get())
+        assert handled == callers * per_caller
+
+
+async def test_messages_from_one_sender_arrive_in_order_across_casts_and_calls() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Recorder())
+        for i in range(300):
+            if i % 7 == 0:
+                await ref.call(Echo(0, i))
+            else:
+                await ref.cast(Note(i))
+        state = await rt.spawn(_Inspector(ref))
+        seen = await state.call(Seen())
+        values = [m.seq if isinstance(m, Echo) else m for m in seen]
+        assert values == list(range(300))
+
+
+class _Inspector(Actor[None]):
+    """Reads a Recorder's state from the outside (only for tests)."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+
+    @handler
+    def seen(self, msg: Seen) -> list[object]:
+        return list(self.target._cell.actor.state)  # type: ignore[attr-defined]
+
+
+async def test_timeout_raises_and_the_late_reply_never_reaches_a_later_call() -> None:
+    async with open_runtime() as rt:
+        recorder = Recorder()
+        ref = await rt.spawn(recorder)
+        with pytest.raises(CallTimeout, match="did not answer Hold"):
+            await ref.call(Hold("first"), timeout=0.05)
+        recorder.gate.set()  # the first request now completes; its reply has nobody to go to
+        assert await ref.call(Hold("second"), timeout=5) == "second"
+        assert [m.tag for m in recorder.state if isinstance(m, Hold)] == ["first", "second"]
+
+
+async def test_crash_gives_the_caller_actor_crashed_with_cause_and_the_actor_dies() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Counter())
+        with pytest.raises(ActorCrashed) as info:
+            await ref.call(Crash())
+        assert isinstance(info.value.__cause__, ValueError)
+        assert str(info.value.__cause__) == "boom"
+        reason = await ref.wait()
+        assert reason.kind == "crashed"
+        assert isinstance(reason.error, ValueError)
+        with pytest.raises(ActorDead):
+            await ref.call(Get())
+        with pytest.raises(ActorDead):
+            await ref.cast(Add(1))
+
+
+async def test_killed_mid_handler_answers_in_flight_and_queued_calls_with_actor_dead() -> None:
+    async with open_runtime() as rt:
+        recorder = Recorder()
+        ref = await rt.spawn(recorder)
+        outcomes: list[str] = []
+
+        async def call_and_record(message: object) -> None:
+            try:
+                await ref.call(message, timeout=None)
+                outcomes.append("ok")
+            except ActorCrashed:
+                outcomes.append("crashed")
+            except ActorDead:
+                outcomes.append("dead")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call_and_record, Hold("block"))
+            await recorder.entered.wait()
+            for _ in range(5):
+                tg.start_soon(call_and_record, Get())
+            await anyio.wait_all_tasks_blocked()
+            assert ref.queued == 5
+            # Kill the actor while it is in the middle of the Hold handler.
+            ref._cell.kill()
+        assert sorted(outcomes) == ["dead"] * 6
+
+
+async def test_call_to_self_fails_fast() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SelfCaller())
+        assert await ref.call(_CallYourself()) == "CallToSelf"
+
+
+class _CallYourself(Request[str], frozen=True):
+    pass
+
+
+class _SelfCaller(Actor[None]):
+    @handler
+    async def me(self, msg: _CallYourself) -> str:
+        try:
+            await self.ref.call(Get())
+        except CallToSelf:
+            return "CallToSelf"
+        return "no error"
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0
+
+
+async def test_unhandled_message_type_is_refused_at_the_sender() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Counter())
+        with pytest.raises(UnhandledMessage, match="no handler for Note"):
+            await ref.call(Note(1))
+        with pytest.raises(UnhandledMessage):
+            ref.cast_nowait(Note(1))
+        ref.send_info(Note(1))  # info without a handler is dropped, not an error
+        assert await ref.call(Get()) == 0
+
+
+async def test_info_messages_reach_their_handler() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Recorder())
+        ref.send_info(Note(7))
+        assert await ref.call(Get()) == 1
+
+
+async def test_init_failure_raises_actor_init_failed_and_leaves_no_name() -> None:
+    async with open_runtime() as rt:
+        with pytest.raises(ActorInitFailed) as info:
+            await rt.spawn(_BadInit(), name="bad")
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert rt.whereis("bad") is None
+        # the runtime itself is unharmed
+        ref = await rt.spawn(Counter())
+        assert await ref.call(Get()) == 0
+
+
+class _BadInit(Actor[None]):
+    async def init(self) -> None:
+        raise RuntimeError("no config")
+
+
+async def test_caller_errors_reach_the_caller_without_crashing_the_actor() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_Strict())
+        with pytest.raises(KeyError):
+            await ref.call(_Lookup("missing"))
+        assert ref.alive
+        assert await ref.call(_Lookup("known")) == 1
+
+
+class _Lookup(Request[int], frozen=True):
+    key: str
+
+
+class _Strict(Actor[dict[str, int]]):
+    caller_errors = (KeyError,)
+
+    async def init(self) -> dict[str, int]:
+        return {"known": 1}
+
+    @handler
+    def lookup(self, msg: _Lookup) -> int:
+        return self.state[msg.key]
+
+
+def test_handlers_must_take_frozen_structs() -> None:
+    class Mutable(msgspec.Struct):
+        x: int
+
+    with pytest.raises(TypeError, match=r"not a frozen msgspec\.Struct"):
+
+        class _Bad(Actor[None]):
+            @handler(message=Mutable)
+            def on(self, msg: Mutable) -> None: ...
+
+
+async def test_actor_instance_cannot_be_spawned_twice() -> None:
+    async with open_runtime() as rt:
+        actor = Counter()
+        await rt.spawn(actor)
+        with pytest.raises(RuntimeError, match="fresh instance"):
+            await rt.spawn(actor)
+
+
+async def test_no_actor_outlives_open_runtime() -> None:
+    async with open_runtime() as rt:
+        refs = [await rt.spawn(Counter()) for _ in range(5)]
+    assert all(not r.alive for r in refs)
+    assert all(r.exit_reason is not None and r.exit_reason.kind == "shutdown" for r in refs)
+
+
+async def test_crash_answers_its_caller_crashed_and_the_queued_ones_dead() -> None:
+    async with open_runtime() as rt:
+        recorder = Recorder()
+        ref = await rt.spawn(_CrashAfterHold(recorder.gate, recorder.entered))
+        outcomes: dict[str, str] = {}
+
+        async def call(label: str, message: object) -> None:
+            try:
+                await ref.call(message, timeout=None)
+                outcomes[label] = "ok"
+            except ActorCrashed:
+                outcomes[label] = "crashed"
+            except ActorDead:
+                outcomes[label] = "dead"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "crasher", Hold())
+            await recorder.entered.wait()
+            for i in range(3):
+                tg.start_soon(call, f"queued{i}", Get())
+            await anyio.wait_all_tasks_blocked()
+            recorder.gate.set()
+        assert outcomes == {
+            "crasher": "crashed",
+            "queued0": "dead",
+            "queued1": "dead",
+            "queued2": "dead",
+        }
+
+
+class _CrashAfterHold(Actor[None]):
+    def __init__(self, gate: anyio.Event, entered: anyio.Event) -> None:
+        self.gate, self.entered = gate, entered
+
+    @handler
+    async def hold(self, msg: Hold) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        raise RuntimeError("failed after waiting")
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0

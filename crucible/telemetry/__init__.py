@@ -6,6 +6,18 @@ consume with ``attach(handler_id, events, fn, config)``. A ``Telemetry`` hub rec
 events addressed to its experiments. See docs/telemetry.md.
 """
 
+from crucible.telemetry._analysis import (
+    Comparison,
+    CostMetrics,
+    ExperimentMetrics,
+    LatencyMetrics,
+    ReliabilityMetrics,
+    Summary,
+    TokenMetrics,
+    TreatmentComparison,
+    calculate_metrics,
+    compare_metrics,
+)
 from crucible.telemetry._bus import (
     HandlerFn,
     HandlerInfo,
@@ -34,36 +46,56 @@ from crucible.telemetry._event import (
     TelemetryEvent,
     current_experiment_id,
 )
+from crucible.telemetry._export import FORMATS, ExportFormat, read_jsonl, to_csv, to_jsonl
+from crucible.telemetry._handlers import ConsoleHandler, JsonlHandler, format_step
 from crucible.telemetry._store import EventStore
 
 __all__ = [
     "DEFAULT_PRICES",
+    "FORMATS",
     "AlreadyPaused",
+    "Comparison",
+    "ConsoleHandler",
+    "CostMetrics",
     "DuplicateHandler",
     "EventInfo",
     "EventStore",
     "Experiment",
+    "ExperimentMetrics",
     "ExperimentStatus",
+    "ExportFormat",
     "HandlerFn",
     "HandlerInfo",
+    "JsonlHandler",
+    "LatencyMetrics",
     "ModelPrice",
     "NoData",
     "NotFound",
     "NotPaused",
     "NotRunning",
     "PriceTable",
+    "ReliabilityMetrics",
+    "Summary",
     "TelemetryError",
     "TelemetryEvent",
+    "TokenMetrics",
+    "TreatmentComparison",
     "UnsupportedFormat",
     "attach",
     "attach_many",
+    "calculate_metrics",
+    "compare_metrics",
     "current_experiment_id",
     "detach",
     "enrich",
     "event_info",
     "events_by_category",
     "execute",
+    "format_step",
     "list_handlers",
+    "read_jsonl",
     "span",
     "standard_events",
+    "to_csv",
+    "to_jsonl",
 ]

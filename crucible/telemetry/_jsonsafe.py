@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["jsonable"]
+__all__ = ["jsonable", "struct_jsonable"]
 
 _DROP = object()
 
@@ -43,3 +43,8 @@ def jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
     (a NaN or infinity becomes null), never raised on."""
     converted = _convert(value)
     return converted if isinstance(converted, dict) else {}
+
+
+def struct_jsonable(struct: msgspec.Struct) -> dict[str, Any]:
+    """``jsonable`` of a Struct's fields (its metadata dicts may hold anything)."""
+    return jsonable({name: getattr(struct, name) for name in struct.__struct_fields__})

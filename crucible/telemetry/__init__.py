@@ -48,7 +48,7 @@ from crucible.telemetry._event import (
 )
 from crucible.telemetry._export import FORMATS, ExportFormat, read_jsonl, to_csv, to_jsonl
 from crucible.telemetry._handlers import ConsoleHandler, JsonlHandler, format_step
-from crucible.telemetry._store import EventStore
+from crucible.telemetry._store import EventStore, Last, LastN, TimeRange, WindowSpec
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -67,6 +67,8 @@ __all__ = [
     "HandlerFn",
     "HandlerInfo",
     "JsonlHandler",
+    "Last",
+    "LastN",
     "LatencyMetrics",
     "ModelPrice",
     "NoData",
@@ -78,9 +80,11 @@ __all__ = [
     "Summary",
     "TelemetryError",
     "TelemetryEvent",
+    "TimeRange",
     "TokenMetrics",
     "TreatmentComparison",
     "UnsupportedFormat",
+    "WindowSpec",
     "attach",
     "attach_many",
     "calculate_metrics",

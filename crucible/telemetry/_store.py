@@ -6,9 +6,37 @@ import bisect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import msgspec
+
+from crucible import stats
 from crucible.telemetry._event import EVENT_FIELDS, TelemetryEvent
 
-__all__ = ["EventStore", "matches"]
+__all__ = ["EventStore", "Last", "LastN", "TimeRange", "WindowSpec", "matches"]
+
+
+class Last(msgspec.Struct, frozen=True):
+    """The events of the last ``n`` seconds/minutes/hours before ``now`` (µs; default: the
+    current time), both ends inclusive. ``n <= 0`` or an unknown unit selects nothing."""
+
+    n: float
+    unit: str
+    now: int | None = None
+
+
+class LastN(msgspec.Struct, frozen=True):
+    """The newest ``n`` events, oldest first; ``n <= 0`` selects nothing."""
+
+    n: int
+
+
+class TimeRange(msgspec.Struct, frozen=True):
+    """The events with ``start <= timestamp <= end`` (µs)."""
+
+    start: int
+    end: int
+
+
+WindowSpec = Last | LastN | TimeRange
 
 _MISSING = object()
 
@@ -77,3 +105,20 @@ class EventStore:
             hi = bisect.bisect_right(events, end, key=_timestamp)
             events = events[lo:hi]
         return [event for event in events if matches(event, filters)]
+
+    def query_window(
+        self, spec: WindowSpec, filters: Mapping[str, Any] | None = None
+    ) -> list[TelemetryEvent]:
+        """The events of a window, oldest first; with ``filters``, only matching events are
+        considered (so ``LastN(5)`` gives the newest 5 *matching* events)."""
+        events = self.query(filters)
+        if isinstance(spec, Last):
+            return stats.last(events, spec.n, spec.unit, now=spec.now)
+        if isinstance(spec, LastN):
+            return stats.last_n(events, spec.n)
+        return stats.range(events, spec.start, spec.end)
+
+    def windowed_metrics(self, win_us: int, step_us: int) -> list[stats.Window]:
+        """Aggregates over windows ``[start, start + win_us)`` every ``step_us``
+        (see ``crucible.stats.windowed``; empty windows are skipped)."""
+        return stats.windowed(self._events, win_us, step_us)

@@ -4,7 +4,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crucible.telemetry import EventStore, TelemetryEvent
+from crucible.telemetry import EventStore, Last, LastN, TelemetryEvent, TimeRange
 
 
 def event(ts: int, name: str = "a.stop", **fields: Any) -> TelemetryEvent:
@@ -66,3 +66,46 @@ def test_filters_are_anded_over_fields_and_metadata() -> None:
     assert ts({"run": "x", "time_range": (2, 10)}) == [3]
     assert ts({"nothing": 1}) == []
     assert ts({"success": None}) == [3]
+
+
+def filled(timestamps: list[int]) -> EventStore:
+    store = EventStore()
+    for i, ts in enumerate(timestamps):
+        store.insert(event(ts, success=i % 2 == 0, latency_ms=float(i), cost_usd=0.5))
+    return store
+
+
+def stamps(events: list[TelemetryEvent]) -> list[int]:
+    return [e.timestamp for e in events]
+
+
+def test_query_window_specs() -> None:
+    store = filled([0, 10_000_000, 60_000_000, 61_000_000, 120_000_000])
+    assert stamps(store.query_window(LastN(2))) == [61_000_000, 120_000_000]
+    assert stamps(store.query_window(LastN(0))) == []
+    last_minute = Last(1, "minutes", now=120_000_000)
+    assert stamps(store.query_window(last_minute)) == [60_000_000, 61_000_000, 120_000_000]
+    assert stamps(store.query_window(Last(1, "fortnights", now=120_000_000))) == []
+    assert stamps(store.query_window(Last(-1, "seconds", now=120_000_000))) == []
+    window = TimeRange(10_000_000, 61_000_000)
+    assert stamps(store.query_window(window)) == [10_000_000, 60_000_000, 61_000_000]
+    # A filter applies before the window: the newest 2 *successful* events.
+    assert stamps(store.query_window(LastN(2), {"success": True})) == [60_000_000, 120_000_000]
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=60), st.integers(1, 3_000))
+def test_tumbling_windows_partition_the_events(timestamps: list[int], win: int) -> None:
+    store = filled(timestamps)
+    windows = store.windowed_metrics(win, win)
+    assert sum(w.count for w in windows) == len(timestamps)
+    assert sum(w.successes + w.failures for w in windows) == len(timestamps)
+    for w in windows:
+        inside = store.query({"time_range": (w.start, w.end - 1)})
+        assert w.count == len(inside) > 0
+        assert w.total_cost_usd == 0.5 * len(inside)
+
+
+def test_windowed_metrics_refuses_non_positive_sizes() -> None:
+    store = filled([1, 2, 3])
+    assert store.windowed_metrics(0, 1) == []
+    assert store.windowed_metrics(1, -1) == []

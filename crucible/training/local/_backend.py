@@ -1,0 +1,153 @@
+"""The local backend: the torch engine behind Tinker's two-stage async shape.
+
+All torch work runs on one worker thread owned by the backend, in submission order, so the
+event loop never blocks, two ops never touch the model at once, and an op that was submitted
+runs to completion even if its caller stops waiting (as Tinker's server would).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import torch
+from tinker import types
+
+from crucible.training._errors import BackendClosed
+from crucible.training._futures import BackendFuture
+from crucible.training.local._engine import LocalBackendConfig, LocalEngine
+from crucible.training.local._model import lora_state_dict
+from crucible.training.local._sampler import Sampler
+from crucible.training.local._tokenizer import ByteTokenizer
+
+T = TypeVar("T")
+
+
+class _Worker:
+    """One thread running submitted callables in order; shared by a backend and its samplers."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="crucible-local-backend"
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> BackendFuture[T]:
+        with self._lock:  # an op racing close() is either queued before shutdown or refused
+            if self._closed:
+                raise BackendClosed("the local backend is closed; create a new one")
+            return BackendFuture(self._executor.submit(fn, *args))
+
+    def close(self) -> None:
+        """Refuse new work, then wait for the queued work to finish."""
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True)
+
+
+class LocalSamplingClient:
+    """Samples from fixed weights; its work shares the backend's worker thread and order."""
+
+    def __init__(self, sampler: Sampler, worker: _Worker) -> None:
+        self._sampler = sampler
+        self._worker = worker
+
+    async def sample(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int,
+        sampling_params: types.SamplingParams,
+    ) -> BackendFuture[types.SampleResponse]:
+        return self._worker.submit(self._sampler.sample, prompt, num_samples, sampling_params)
+
+    async def compute_logprobs(self, prompt: types.ModelInput) -> BackendFuture[list[float | None]]:
+        return self._worker.submit(self._sampler.compute_logprobs, prompt)
+
+
+class LocalBackend:
+    """LoRA fine-tuning of a small shipped base model with torch on CPU.
+
+    ``async with LocalBackend(LocalBackendConfig(...)) as backend:`` or call ``aclose()``.
+    """
+
+    def __init__(self, config: LocalBackendConfig | None = None) -> None:
+        self.config = config if config is not None else LocalBackendConfig()
+        torch.set_flush_denormal(True)  # denormals slow small CPU matmuls by 20-45%
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+        self._engine = LocalEngine(self.config)
+        self._worker = _Worker()
+
+    @property
+    def tokenizer(self) -> ByteTokenizer:
+        return self._engine.tokenizer
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    def info(self) -> types.GetInfoResponse:
+        return self._engine.info()
+
+    async def forward_backward(
+        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+    ) -> BackendFuture[types.ForwardBackwardOutput]:
+        return self._worker.submit(self._engine.forward_backward, list(data), loss_fn)
+
+    async def forward(
+        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+    ) -> BackendFuture[types.ForwardBackwardOutput]:
+        return self._worker.submit(self._engine.forward, list(data), loss_fn)
+
+    async def optim_step(
+        self, adam_params: types.AdamParams
+    ) -> BackendFuture[types.OptimStepResponse]:
+        return self._worker.submit(self._engine.optim_step, adam_params)
+
+    async def save_state(self, name: str) -> BackendFuture[types.SaveWeightsResponse]:
+        return self._worker.submit(self._engine.save_state, name)
+
+    async def load_state(
+        self, path: str, with_optimizer: bool = True
+    ) -> BackendFuture[types.LoadWeightsResponse]:
+        return self._worker.submit(self._engine.load_state, path, with_optimizer)
+
+    async def save_weights_for_sampler(
+        self, name: str
+    ) -> BackendFuture[types.SaveWeightsForSamplerResponse]:
+        return self._worker.submit(self._engine.save_weights_for_sampler, name)
+
+    async def sampling_client(self, path: str | None = None) -> BackendFuture[LocalSamplingClient]:
+        def build() -> LocalSamplingClient:
+            return LocalSamplingClient(self._engine.sampler(path), self._worker)
+
+        return self._worker.submit(build)
+
+    async def weights_snapshot(self) -> BackendFuture[dict[str, torch.Tensor]]:
+        """A copy of the trainable (LoRA) weights, taken in submission order (for comparing
+        runs bitwise)."""
+        return self._worker.submit(lora_state_dict, self._engine.model)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps applied so far (restored by load_state)."""
+        return self._engine.step
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._worker.close)
+
+    async def __aenter__(self) -> LocalBackend:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

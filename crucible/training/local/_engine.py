@@ -1,0 +1,320 @@
+"""The synchronous training engine of the local backend: one model, its LoRA adapters and
+their Adam state. Only the backend's single worker thread calls into it, one op at a time."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import torch
+from tinker import types
+
+from crucible.training._errors import (
+    CheckpointMismatch,
+    InvalidDatum,
+    UnsupportedLossFn,
+)
+from crucible.training.local._base_models import DEFAULT_BASE_MODEL, load_base_model
+from crucible.training.local._files import (
+    CheckpointPath,
+    check_segment,
+    read_checkpoint,
+    write_atomically,
+)
+from crucible.training.local._model import (
+    LoraConfig,
+    TinyTransformer,
+    add_lora,
+    lora_parameters,
+    lora_state_dict,
+)
+from crucible.training.local._sampler import Sampler
+from crucible.training.local._tokenizer import ByteTokenizer
+
+STATE_FORMAT: Final = "crucible-local-state/1"
+SAMPLER_FORMAT: Final = "crucible-local-sampler/1"
+SUPPORTED_LOSS_FNS: Final = ("cross_entropy",)
+
+
+def _new_run_id() -> str:
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+@attrs.frozen
+class LocalBackendConfig:
+    """What the local backend trains and where its checkpoints go.
+
+    ``seed`` fixes the LoRA initialisation and the default sampling seeds: the same config and
+    the same ops give bitwise-equal weights. ``num_threads`` (process-wide in torch) is set
+    when given; bitwise equality holds for a fixed thread count.
+    """
+
+    base_model: str = DEFAULT_BASE_MODEL
+    lora: LoraConfig = attrs.field(factory=LoraConfig)
+    seed: int = 0
+    checkpoint_root: Path = attrs.field(default=Path("runs/checkpoints"), converter=Path)
+    run_id: str = attrs.field(factory=_new_run_id)
+    num_threads: int | None = None
+
+    @run_id.validator
+    def _check_run_id(self, _attribute: Any, value: str) -> None:
+        check_segment(value, "run id")
+
+
+@attrs.frozen
+class _Batch:
+    inputs: torch.Tensor  # [B, T] int64, right-padded
+    targets: torch.Tensor  # [B, T] int64
+    weights: torch.Tensor  # [B, T] float32, zero on padding
+    lengths: list[int]
+
+
+class LocalEngine:
+    def __init__(self, config: LocalBackendConfig) -> None:
+        self.config = config
+        self.tokenizer = ByteTokenizer()
+        self.model: TinyTransformer = load_base_model(config.base_model)
+        add_lora(self.model, config.lora, torch.Generator().manual_seed(config.seed))
+        self.model.train()
+        self.step = 0
+        self.optimizer = self._new_optimizer()
+        # Samplers without an explicit seed draw from distinct, reproducible seed streams.
+        self._sampler_seeds = itertools.count(config.seed << 20)
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        # Hyperparameters are set from the AdamParams of every step; these are placeholders.
+        # foreach=False keeps the simple per-parameter loop (deterministic, fast at this size).
+        return torch.optim.AdamW(list(lora_parameters(self.model).values()), lr=0.0, foreach=False)
+
+    # ---- forward / backward -------------------------------------------------------------
+
+    def _batch(self, data: Sequence[types.Datum], loss_fn: str) -> _Batch:
+        if loss_fn not in SUPPORTED_LOSS_FNS:
+            raise UnsupportedLossFn(
+                f"loss_fn {loss_fn!r} is not supported by the local backend; use one of "
+                f"{', '.join(SUPPORTED_LOSS_FNS)}"
+            )
+        if not data:
+            raise InvalidDatum("forward_backward needs at least one Datum")
+        context = self.model.config.context_length
+        vocab = self.tokenizer.vocab_size
+        rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        for index, datum in enumerate(data):
+            tokens = datum.model_input.to_ints()
+            if "target_tokens" not in datum.loss_fn_inputs:
+                raise InvalidDatum(f"datum {index} has no loss_fn_inputs['target_tokens']")
+            targets = datum.loss_fn_inputs["target_tokens"].to_torch().to(torch.int64).flatten()
+            weight_data = datum.loss_fn_inputs.get("weights")
+            weights = (
+                torch.ones(len(tokens))
+                if weight_data is None
+                else weight_data.to_torch().to(torch.float32).flatten()
+            )
+            if not 1 <= len(tokens) <= context:
+                raise InvalidDatum(
+                    f"datum {index} has {len(tokens)} input tokens; the model takes 1 to {context}"
+                )
+            if len(targets) != len(tokens) or len(weights) != len(tokens):
+                raise InvalidDatum(
+                    f"datum {index}: target_tokens ({len(targets)}) and weights ({len(weights)}) "
+                    f"must have one entry per input token ({len(tokens)})"
+                )
+            if any(not 0 <= t < vocab for t in tokens) or bool(
+                ((targets < 0) | (targets >= vocab)).any()
+            ):
+                raise InvalidDatum(f"datum {index} has token ids outside 0..{vocab - 1}")
+            rows.append((tokens, targets, weights))
+        width = max(len(tokens) for tokens, _, _ in rows)
+        inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.int64)
+        targets_out = torch.zeros((len(rows), width), dtype=torch.int64)
+        weights_out = torch.zeros((len(rows), width), dtype=torch.float32)
+        for row, (tokens, targets, weights) in enumerate(rows):
+            inputs[row, : len(tokens)] = torch.tensor(tokens)
+            targets_out[row, : len(tokens)] = targets
+            weights_out[row, : len(tokens)] = weights
+        return _Batch(inputs, targets_out, weights_out, [len(tokens) for tokens, _, _ in rows])
+
+    def _loss(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum of token NLLs (Tinker's cross_entropy) and the target logprobs."""
+        logits = self.model(batch.inputs)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target_logprobs = logprobs.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        loss = -(target_logprobs * batch.weights).sum()
+        return loss, target_logprobs
+
+    def _output(
+        self, batch: _Batch, loss: torch.Tensor, target_logprobs: torch.Tensor
+    ) -> types.ForwardBackwardOutput:
+        detached = target_logprobs.detach()
+        outputs = [
+            {"logprobs": types.TensorData.from_torch(detached[row, :length].clone())}
+            for row, length in enumerate(batch.lengths)
+        ]
+        return types.ForwardBackwardOutput(
+            loss_fn_output_type="ArrayRecord",
+            loss_fn_outputs=outputs,
+            metrics={
+                "loss:sum": float(loss.detach()),
+                "num_tokens:sum": float(sum(batch.lengths)),
+                "weights:sum": float(batch.weights.sum()),
+            },
+        )
+
+    def forward_backward(
+        self, data: Sequence[types.Datum], loss_fn: str
+    ) -> types.ForwardBackwardOutput:
+        """Gradients are added to those of earlier calls until optim_step (accumulation)."""
+        batch = self._batch(data, loss_fn)
+        loss, target_logprobs = self._loss(batch)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return self._output(batch, loss, target_logprobs)
+
+    def forward(self, data: Sequence[types.Datum], loss_fn: str) -> types.ForwardBackwardOutput:
+        batch = self._batch(data, loss_fn)
+        with torch.no_grad():
+            loss, target_logprobs = self._loss(batch)
+        return self._output(batch, loss, target_logprobs)
+
+    # ---- optimizer -----------------------------------------------------------------------
+
+    def optim_step(self, adam: types.AdamParams) -> types.OptimStepResponse:
+        parameters = list(lora_parameters(self.model).values())
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(gradients)) if gradients else 0.0
+        if adam.grad_clip_norm > 0 and gradients:
+            torch.nn.utils.clip_grads_with_norm_(
+                parameters, adam.grad_clip_norm, torch.tensor(grad_norm)
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = adam.learning_rate
+            group["betas"] = (adam.beta1, adam.beta2)
+            group["eps"] = adam.eps
+            group["weight_decay"] = adam.weight_decay
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return types.OptimStepResponse(
+            metrics={
+                "grad_norm:mean": grad_norm,
+                "learning_rate:mean": adam.learning_rate,
+                "step:max": float(self.step),
+            }
+        )
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {"base_model": self.config.base_model, "lora": attrs.asdict(self.config.lora)}
+
+    def _path(self, kind: str, name: str) -> CheckpointPath:
+        check_segment(name, "checkpoint name")
+        return CheckpointPath.parse(f"local://{self.config.run_id}/{kind}/{name}")
+
+    def save_state(self, name: str) -> types.SaveWeightsResponse:
+        path = self._path("weights", name)
+        payload = {
+            "format": STATE_FORMAT,
+            **self._identity(),
+            "step": self.step,
+            "lora_state": lora_state_dict(self.model),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+        write_atomically(payload, path.file(self.config.checkpoint_root))
+        return types.SaveWeightsResponse(path=str(path))
+
+    def save_weights_for_sampler(self, name: str) -> types.SaveWeightsForSamplerResponse:
+        path = self._path("sampler_weights", name)
+        payload = {
+            "format": SAMPLER_FORMAT,
+            **self._identity(),
+            "step": self.step,
+            "lora_state": lora_state_dict(self.model),
+        }
+        write_atomically(payload, path.file(self.config.checkpoint_root))
+        return types.SaveWeightsForSamplerResponse(path=str(path))
+
+    def _check_identity(self, path: CheckpointPath, payload: dict[str, Any]) -> None:
+        expected = self._identity()
+        found = {key: payload.get(key) for key in expected}
+        if found != expected:
+            raise CheckpointMismatch(
+                f"checkpoint {path} was trained with {found}, but this backend has {expected}"
+            )
+        state = payload.get("lora_state")
+        own = lora_parameters(self.model)
+        if not isinstance(state, dict) or set(state) != set(own):
+            raise CheckpointMismatch(f"checkpoint {path} has other LoRA tensors than this model")
+        for key, parameter in own.items():
+            if state[key].shape != parameter.shape:
+                raise CheckpointMismatch(
+                    f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, the model "
+                    f"expects {tuple(parameter.shape)}"
+                )
+
+    def load_state(self, path_text: str, with_optimizer: bool) -> types.LoadWeightsResponse:
+        path = CheckpointPath.parse(path_text)
+        if path.kind != "weights":
+            raise CheckpointMismatch(
+                f"{path} holds sampler weights only; load_state needs a save_state checkpoint "
+                "(local://<run>/weights/<name>)"
+            )
+        payload = read_checkpoint(path, self.config.checkpoint_root, STATE_FORMAT)
+        self._check_identity(path, payload)
+        optimizer = self._new_optimizer()
+        if with_optimizer:
+            try:
+                optimizer.load_state_dict(payload["optimizer"])
+            except (KeyError, ValueError) as error:
+                raise CheckpointMismatch(
+                    f"checkpoint {path} has an optimizer state that does not fit: {error}"
+                ) from error
+        with torch.no_grad():
+            for key, parameter in lora_parameters(self.model).items():
+                parameter.copy_(payload["lora_state"][key])
+                parameter.grad = None  # loading discards gradients accumulated before it
+        self.optimizer = optimizer
+        self.step = int(payload["step"])
+        return types.LoadWeightsResponse(path=str(path), model_id=self.model_id)
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def sampler(self, path_text: str | None) -> Sampler:
+        """A sampler over a checkpoint's weights, or over a copy of the current weights."""
+        model = load_base_model(self.config.base_model)
+        add_lora(model, self.config.lora, torch.Generator().manual_seed(self.config.seed))
+        if path_text is None:
+            weights = lora_state_dict(self.model)
+        else:
+            path = CheckpointPath.parse(path_text)
+            expected = STATE_FORMAT if path.kind == "weights" else SAMPLER_FORMAT
+            payload = read_checkpoint(path, self.config.checkpoint_root, expected)
+            self._check_identity(path, payload)
+            weights = payload["lora_state"]
+        with torch.no_grad():
+            for key, parameter in lora_parameters(model).items():
+                parameter.copy_(weights[key])
+        return Sampler(model, self.tokenizer, seed=next(self._sampler_seeds))
+
+    # ---- info ----------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.config.run_id}:train:0"
+
+    def info(self) -> types.GetInfoResponse:
+        return types.GetInfoResponse(
+            model_id=self.model_id,
+            model_data=types.ModelData(
+                arch="crucible-tiny-transformer",
+                model_name=self.config.base_model,
+                tokenizer_id="crucible/byte-level",
+            ),
+            is_lora=True,
+            lora_rank=self.config.lora.rank,
+            model_name=self.config.base_model,
+        )

@@ -48,6 +48,7 @@ from crucible.telemetry._event import (
 )
 from crucible.telemetry._export import FORMATS, ExportFormat, read_jsonl, to_csv, to_jsonl
 from crucible.telemetry._handlers import ConsoleHandler, JsonlHandler, format_step
+from crucible.telemetry._hub import Telemetry
 from crucible.telemetry._store import EventStore, Last, LastN, TimeRange, WindowSpec
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "PriceTable",
     "ReliabilityMetrics",
     "Summary",
+    "Telemetry",
     "TelemetryError",
     "TelemetryEvent",
     "TimeRange",

@@ -4,11 +4,19 @@
   Chan et al.'s parallel merge, checkpointable as a `RunningStatsState` msgspec struct.
 - `percentile` / `percentiles`: exact percentiles of stored data (linear interpolation).
 - `QuantileSketch`: a mergeable streaming quantile sketch (DataSketches REQ) for p50..p99.
+- `zscore_anomalies`, `mad_anomalies`, `iqr_anomalies`, `StreamingZScore` (-> `Anomaly`).
 - `last`, `last_n`, `range`, `windowed` (-> `Window`): windows over timestamped records.
 
 Non-finite values (NaN, ±inf) are counted apart, never folded into a statistic.
 """
 
+from ._anomaly import (
+    Anomaly,
+    StreamingZScore,
+    iqr_anomalies,
+    mad_anomalies,
+    zscore_anomalies,
+)
 from ._errors import InvalidStateError, InvalidValueError, StatsError
 from ._percentile import percentile, percentiles
 from ._running import RunningStats, RunningStatsState
@@ -18,6 +26,7 @@ from ._windows import UNIT_MICROSECONDS, Window, last, last_n, range, windowed
 __all__ = [
     "STANDARD_PERCENTILES",
     "UNIT_MICROSECONDS",
+    "Anomaly",
     "InvalidStateError",
     "InvalidValueError",
     "QuantileSketch",
@@ -25,11 +34,15 @@ __all__ = [
     "RunningStats",
     "RunningStatsState",
     "StatsError",
+    "StreamingZScore",
     "Window",
+    "iqr_anomalies",
     "last",
     "last_n",
+    "mad_anomalies",
     "percentile",
     "percentiles",
     "range",
     "windowed",
+    "zscore_anomalies",
 ]

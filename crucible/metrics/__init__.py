@@ -1,0 +1,53 @@
+"""Durable metric stores: record every metric of a run, lose none, never stall training.
+
+`open_store(url)` picks an adapter from a URL (`memory://`, `jsonl:///path/metrics.jsonl` or
+a bare path, `sqlite:///path.db`, `postgresql://...`); every adapter implements the
+`MetricsStore` protocol and passes the same contract tests. See docs/metrics.md.
+"""
+
+from ._errors import (
+    CorruptLinesWarning,
+    InvalidRecord,
+    MetricNotFound,
+    MetricsError,
+    StoreClosed,
+    StoreWriteError,
+)
+from ._jsonl import JsonlMetricsStore
+from ._jsonl_file import BadLine, ScanReport
+from ._memory import MemoryMetricsStore
+from ._open import open_store
+from ._protocol import MetricsStore, SyncMetrics
+from ._query import StepBounds
+from ._record import MetricRecord, MetricSummary
+from ._sqlite import SqliteMetricsStore
+
+__all__ = [
+    "BadLine",
+    "CorruptLinesWarning",
+    "InvalidRecord",
+    "JsonlMetricsStore",
+    "MemoryMetricsStore",
+    "MetricNotFound",
+    "MetricRecord",
+    "MetricSummary",
+    "MetricsError",
+    "MetricsStore",
+    "PostgresMetricsStore",
+    "ScanReport",
+    "SqliteMetricsStore",
+    "StepBounds",
+    "StoreClosed",
+    "StoreWriteError",
+    "SyncMetrics",
+    "open_store",
+]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresMetricsStore needs asyncpg (the `postgres` extra): import it only when asked.
+    if name == "PostgresMetricsStore":
+        from ._postgres import PostgresMetricsStore
+
+        return PostgresMetricsStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,118 @@
+"""JsonlMetricsStore: one JSON record per line, group-committed by a background writer."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from datetime import datetime
+
+from ._buffered import BufferedStore
+from ._errors import CorruptLinesWarning
+from ._jsonl_file import JsonlFile, ScanReport
+from ._query import (
+    Query,
+    StepBounds,
+    downsample,
+    latest_by_metric,
+    sort_records,
+    summarize,
+)
+from ._record import MetricRecord, MetricSummary
+
+__all__ = ["JsonlMetricsStore"]
+
+
+class JsonlMetricsStore(BufferedStore):
+    """Metrics in a JSONL file: human-readable, append-only, safe to share between processes.
+
+    `record` returns as soon as the record is buffered; the writer thread appends batches and
+    fsyncs at least every `flush_interval` seconds (the most a crash can lose), at `flush()`
+    and at `close()`. With `durable=True` each `record` returns only after its fsync.
+
+    Opening repairs a tail torn by a crash. Reads skip lines that are not valid records and
+    warn with `CorruptLinesWarning`; `scan()` lists them; they are never rewritten.
+    Opening does blocking I/O: in async code prefer `await open_store(url)`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = False,
+        flush_interval: float = 0.2,
+        max_batch: int = 65536,
+    ) -> None:
+        self._file = JsonlFile(path)
+        super().__init__(
+            self._file,
+            durable=durable,
+            flush_interval=flush_interval,
+            max_batch=max_batch,
+            name=f"crucible-metrics-jsonl:{self._file.path.name}",
+        )
+
+    @property
+    def path(self) -> os.PathLike[str]:
+        return self._file.path
+
+    def _load(self) -> list[MetricRecord]:
+        records, bad, _torn = self._file.read_all()
+        if bad:
+            numbers = ", ".join(str(b.line) for b in bad[:20])
+            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+            warnings.warn(
+                f"{self._file.path}: skipped {len(bad)} line(s) that are not valid metric "
+                f"records (line {numbers}{more}); the file was left unchanged",
+                CorruptLinesWarning,
+                stacklevel=4,
+            )
+        return records
+
+    def _read(self, query: Query) -> list[MetricRecord]:
+        return query.apply(self._load())
+
+    async def scan(self) -> ScanReport:
+        """Read the whole file and report every line that is not a valid record."""
+
+        def scan() -> ScanReport:
+            records, bad, torn = self._file.read_all()
+            return ScanReport(records=len(records), bad_lines=bad, torn_tail=torn)
+
+        return await self._query(scan)
+
+    async def read(
+        self,
+        run_id: str,
+        *,
+        metric: str | None = None,
+        steps: StepBounds | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[MetricRecord]:
+        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
+        return await self._query(self._read, query)
+
+    async def latest(self, run_id: str) -> dict[str, MetricRecord]:
+        def latest() -> dict[str, MetricRecord]:
+            return latest_by_metric(sort_records(r for r in self._load() if r.run_id == run_id))
+
+        return await self._query(latest)
+
+    async def summary(self, run_id: str, metric: str) -> MetricSummary:
+        return summarize(run_id, metric, await self.read(run_id, metric=metric))
+
+    async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
+        return downsample(await self.read(run_id, metric=metric), max_points)
+
+    async def runs(self) -> list[str]:
+        def runs() -> list[str]:
+            return sorted({r.run_id for r in self._load()})
+
+        return await self._query(runs)
+
+    async def delete_run(self, run_id: str) -> int:
+        """Remove a run's records by atomically replacing the file (the only rewrite)."""
+        return await self._query(self._file.rewrite_without, run_id)
+
+    def _release(self) -> None:
+        self._file.close()

@@ -1,0 +1,163 @@
+"""MemoryMetricsStore: the reference adapter every other adapter is tested against."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from ._buffered import make_record
+from ._errors import StoreClosed
+from ._query import (
+    Query,
+    StepBounds,
+    downsample,
+    latest_by_metric,
+    sort_records,
+    summarize,
+)
+from ._record import MetricRecord, MetricSummary, coerce_batch
+
+__all__ = ["MemoryMetricsStore"]
+
+
+class _MemorySync:
+    def __init__(self, store: MemoryMetricsStore) -> None:
+        self._store = store
+
+    def record(
+        self,
+        run_id: str,
+        metric: str,
+        value: float,
+        *,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> MetricRecord:
+        record = make_record(run_id, metric, value, step, metadata, timestamp)
+        self._store._append([record], None)
+        return record
+
+    def record_many(
+        self,
+        records: Iterable[MetricRecord | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._store._append(coerce_batch(records), idempotency_key)
+
+    def flush(self) -> None:
+        self._store._check_open()
+
+    def close(self) -> None:
+        self._store._closed = True
+
+
+class MemoryMetricsStore:
+    """Records in a list, guarded by a lock so tasks and threads may share it.
+
+    Nothing survives the process; use it in tests and as the semantics reference.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[MetricRecord] = []
+        self._keys: set[str] = set()
+        self._closed = False
+        self._sync = _MemorySync(self)
+
+    @property
+    def sync(self) -> _MemorySync:
+        return self._sync
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the metrics store is closed; open a new one to read or record")
+
+    def _append(self, batch: list[MetricRecord], key: str | None) -> None:
+        with self._lock:
+            self._check_open()
+            if key is not None:
+                if key in self._keys:
+                    return
+                self._keys.add(key)
+            self._records.extend(batch)
+
+    def _snapshot(self) -> list[MetricRecord]:
+        with self._lock:
+            self._check_open()
+            return list(self._records)
+
+    async def record(
+        self,
+        run_id: str,
+        metric: str,
+        value: float,
+        *,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> MetricRecord:
+        return self._sync.record(
+            run_id, metric, value, step=step, metadata=metadata, timestamp=timestamp
+        )
+
+    async def record_many(
+        self,
+        records: Iterable[MetricRecord | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._sync.record_many(records, idempotency_key=idempotency_key)
+
+    async def flush(self) -> None:
+        self._check_open()
+
+    async def read(
+        self,
+        run_id: str,
+        *,
+        metric: str | None = None,
+        steps: StepBounds | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[MetricRecord]:
+        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
+        return query.apply(self._snapshot())
+
+    async def latest(self, run_id: str) -> dict[str, MetricRecord]:
+        return latest_by_metric(sort_records(r for r in self._snapshot() if r.run_id == run_id))
+
+    async def summary(self, run_id: str, metric: str) -> MetricSummary:
+        return summarize(run_id, metric, await self.read(run_id, metric=metric))
+
+    async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
+        return downsample(await self.read(run_id, metric=metric), max_points)
+
+    async def runs(self) -> list[str]:
+        return sorted({r.run_id for r in self._snapshot()})
+
+    async def delete_run(self, run_id: str) -> int:
+        with self._lock:
+            self._check_open()
+            kept = [r for r in self._records if r.run_id != run_id]
+            deleted = len(self._records) - len(kept)
+            self._records = kept
+            return deleted
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -129,6 +129,36 @@ def test_single_updates_equal_a_batch_while_exact() -> None:
     assert one_by_one.rank(4.0) == 5 / 8  # 1, 1, 2, 3, 4 of the eight are <= 4
 
 
+def test_single_values_reach_every_read_merge_and_checkpoint() -> None:
+    # Single values are buffered before they reach the sketch: no read may miss them.
+    sketch = QuantileSketch()
+    for x in (5.0, 1.0, 3.0):
+        sketch.update(x)
+    assert sketch.count == 3
+    sketch.update(10.0)
+    assert sketch.max == 10.0
+    sketch.update(-2.0)
+    assert sketch.min == -2.0
+    sketch.update(7.0)
+    assert sketch.quantile(1.0) == 10.0
+    sketch.update(11.0)
+    restored = QuantileSketch.from_bytes(sketch.to_bytes())
+    assert restored.count == 7
+    other = QuantileSketch()
+    other.update(100.0)
+    sketch.update(12.0)
+    sketch.merge(other)
+    assert sketch.count == 9
+    assert sketch.max == 100.0
+    assert other.count == 1
+    many = QuantileSketch()
+    for x in range(1_000):  # crosses the buffer limit several times
+        many.update(float(x))
+    many.update_many([1_000.0])
+    assert many.count == 1_001
+    assert many.copy().max == 1_000.0
+
+
 def test_empty_sketch_answers_none() -> None:
     sketch = QuantileSketch()
     assert sketch.count == 0

@@ -135,10 +135,8 @@ class Actor(Generic[State]):
     def handler_for(cls, message_type: type) -> HandlerEntry | None:
         """The handler for a message type (or its nearest handled base class), cached."""
         table = cls._handlers
-        try:
+        if message_type in table:
             return table[message_type]
-        except KeyError:
-            pass
         entry = next((table[t] for t in message_type.__mro__[1:] if table.get(t)), None)
         table[message_type] = entry
         return entry

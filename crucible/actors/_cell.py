@@ -47,6 +47,7 @@ class Cell:
         "_tg",
         "actor",
         "exit_reason",
+        "handlers",
         "label",
         "mailbox",
         "name",
@@ -75,6 +76,7 @@ class Cell:
                 f"pass a fresh instance (a ChildSpec's start builds one per incarnation)"
             )
         self.actor = actor
+        self.handlers = type(actor)._handlers
         self.runtime = runtime
         self.name = name
         self.label = f"{type(actor).__name__}" + (f"({name!r})" if name else "")
@@ -93,6 +95,9 @@ class Cell:
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         actor._cell = self
+
+    def handles(self, message: Any) -> bool:
+        return type(self.actor).handler_for(type(message)) is not None
 
     @property
     def alive(self) -> bool:
@@ -136,16 +141,20 @@ class Cell:
     async def _serve(self) -> ExitReason:
         mailbox = self.mailbox
         items = mailbox.items
+        take = items.popleft
+        parked = mailbox.parked
         actor = self.actor
         lookup = type(actor).handler_for
-        handlers = type(actor)._handlers
+        handlers = self.handlers
         budget = _BATCH
         while self._stop_reason is None:
             if not items:
                 await mailbox.wait()
                 budget = _BATCH
                 continue
-            item = mailbox.take()
+            item = take()
+            if parked:
+                mailbox.admit_parked()
             if type(item) is Call:
                 call: Call | None = item
                 message = item.message

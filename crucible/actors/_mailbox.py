@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import anyio
 
 from ._errors import ActorDead, MailboxFull
+from ._park import Slot, slot_factory
 
 Overflow = Literal["block", "drop_newest", "drop_oldest", "fail"]
 OVERFLOW_POLICIES: tuple[str, ...] = get_args(Overflow)
@@ -24,33 +25,17 @@ class Call:
     """A request waiting for its reply. Each call owns its own reply slot, so a reply can only
     ever reach the caller that asked for it (a late reply to a timed-out call is dropped)."""
 
-    __slots__ = ("_done", "error", "message", "result")
+    __slots__ = ("message", "slot")
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: Any, slot: Slot) -> None:
         self.message = message
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._done = anyio.Event()
-
-    @property
-    def answered(self) -> bool:
-        return self._done.is_set()
+        self.slot = slot
 
     def resolve(self, result: Any) -> None:
-        if not self._done.is_set():
-            self.result = result
-            self._done.set()
+        self.slot.resolve(result)
 
     def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self.error = error
-            self._done.set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
+        self.slot.fail(error)
 
 
 class _ParkedSender:
@@ -63,7 +48,17 @@ class _ParkedSender:
 
 
 class Mailbox:
-    __slots__ = ("_consumer", "_parked", "closed", "dropped", "items", "maxsize", "owner", "policy")
+    __slots__ = (
+        "_consumer",
+        "closed",
+        "dropped",
+        "items",
+        "maxsize",
+        "new_slot",
+        "owner",
+        "parked",
+        "policy",
+    )
 
     def __init__(self, owner: str, maxsize: int, policy: Overflow) -> None:
         if maxsize < 1:
@@ -78,8 +73,9 @@ class Mailbox:
         self.items: deque[Any] = deque()
         self.dropped = 0
         self.closed: str | None = None  # why the mailbox refuses messages, once the actor stops
-        self._consumer: anyio.Event | None = None
-        self._parked: deque[_ParkedSender] = deque()
+        self._consumer: Slot | None = None
+        self.parked: deque[_ParkedSender] = deque()
+        self.new_slot = slot_factory()
 
     # -- producers ---------------------------------------------------------------------------
 
@@ -96,24 +92,28 @@ class Mailbox:
         consumer = self._consumer
         if consumer is not None:
             self._consumer = None
-            consumer.set()
+            consumer.resolve(None)
+
+    def must_wait(self) -> bool:
+        """Would ``put`` have to wait for room (``block`` policy, mailbox full)?"""
+        return self.policy == "block" and (len(self.items) >= self.maxsize or bool(self.parked))
 
     async def put(self, item: Any) -> None:
         """Enqueue, waiting for room under the ``block`` policy (back-pressure)."""
-        if self.policy != "block" or (len(self.items) < self.maxsize and not self._parked):
+        if not self.must_wait():
             self.put_nowait(item)
             return
         if self.closed is not None:
             raise ActorDead(self.closed)
         parked = _ParkedSender(item)
-        self._parked.append(parked)
+        self.parked.append(parked)
         try:
             await parked.accepted.wait()
         except BaseException:
             # Cancelled or timed out while parked: withdraw the message unless it was
             # already handed over (then it counts as sent).
             if not parked.accepted.is_set():
-                self._parked.remove(parked)
+                self.parked.remove(parked)
             raise
         if parked.error is not None:
             raise parked.error
@@ -127,7 +127,7 @@ class Mailbox:
         consumer = self._consumer
         if consumer is not None:
             self._consumer = None
-            consumer.set()
+            consumer.resolve(None)
 
     def _overflow(self, item: Any) -> None:
         policy = self.policy
@@ -155,19 +155,23 @@ class Mailbox:
     def take(self) -> Any:
         """Pop the oldest message (the mailbox must not be empty) and admit a parked sender."""
         item = self.items.popleft()
-        if self._parked:
-            parked = self._parked.popleft()
-            self.items.append(parked.item)
-            parked.accepted.set()
+        if self.parked:
+            self.admit_parked()
         return item
+
+    def admit_parked(self) -> None:
+        """A slot freed up: the longest-parked sender's message goes in, in its turn."""
+        parked = self.parked.popleft()
+        self.items.append(parked.item)
+        parked.accepted.set()
 
     async def wait(self) -> None:
         """Park the consumer until a message arrives or ``wake`` is called."""
         if self.items:
             return
-        event = self._consumer = anyio.Event()
+        slot = self._consumer = self.new_slot()
         try:
-            await event.wait()
+            await slot.wait(None)
         finally:
             self._consumer = None
 
@@ -175,7 +179,7 @@ class Mailbox:
         consumer = self._consumer
         if consumer is not None:
             self._consumer = None
-            consumer.set()
+            consumer.resolve(None)
 
     def close(self, why: str) -> list[Any]:
         """Refuse further messages (senders get ActorDead(why)) and return what was still
@@ -183,8 +187,8 @@ class Mailbox:
         self.closed = why
         pending = list(self.items)
         self.items.clear()
-        while self._parked:
-            parked = self._parked.popleft()
+        while self.parked:
+            parked = self.parked.popleft()
             pending.append(parked.item)
             parked.error = ActorDead(why)
             parked.accepted.set()

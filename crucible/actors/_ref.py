@@ -8,6 +8,7 @@ import anyio
 
 from ._errors import ActorDead, CallTimeout, CallToSelf, UnhandledMessage
 from ._mailbox import Call
+from ._park import TimedOut
 
 if TYPE_CHECKING:
     from ._actor import Actor, Request
@@ -55,10 +56,8 @@ class ActorRef(Generic[A]):
         state = "alive" if self.alive else f"stopped: {self.exit_reason}"
         return f"<ActorRef {self._cell.label} {state}>"
 
-    def _check(self, message: Any) -> None:
-        cell = self._cell
-        if type(cell.actor).handler_for(type(message)) is None:
-            raise UnhandledMessage(f"{cell.label} has no handler for {type(message).__name__}")
+    def _unhandled(self, message: Any) -> UnhandledMessage:
+        return UnhandledMessage(f"{self._cell.label} has no handler for {type(message).__name__}")
 
     @overload
     async def call(self, message: Request[R], timeout: float | None = ...) -> R: ...
@@ -83,26 +82,53 @@ class ActorRef(Generic[A]):
                 f"{cell.label} called itself with {type(message).__name__}: it could never "
                 f"answer while handling; call the method directly or cast instead"
             )
-        self._check(message)
-        call = Call(message)
-        if timeout is None:
-            await cell.mailbox.put(call)
-            return await call.wait()
-        with anyio.move_on_after(timeout):
-            await cell.mailbox.put(call)
-            return await call.wait()
-        raise CallTimeout(f"{cell.label} did not answer {type(message).__name__} within {timeout}s")
+        if cell.handlers.get(type(message)) is None and not cell.handles(message):
+            raise self._unhandled(message)
+        mailbox = cell.mailbox
+        call = Call(message, mailbox.new_slot())
+        remaining = timeout
+        if not mailbox.must_wait():
+            mailbox.put_nowait(call)
+        elif timeout is None:
+            await mailbox.put(call)
+        else:
+            # Slow path: wait for room (back-pressure) within the same overall timeout.
+            deadline = anyio.current_time() + timeout
+            enqueued = False
+            with anyio.move_on_after(timeout):
+                await mailbox.put(call)
+                enqueued = True
+            if not enqueued:
+                raise self._timeout(message, timeout)
+            remaining = max(0.0, deadline - anyio.current_time())
+        try:
+            return await call.slot.wait(remaining)
+        except TimedOut:
+            raise self._timeout(message, timeout) from None
+
+    def _timeout(self, message: Any, timeout: float | None) -> CallTimeout:
+        return CallTimeout(
+            f"{self._cell.label} did not answer {type(message).__name__} within {timeout}s"
+        )
 
     async def cast(self, message: Any) -> None:
         """Send without waiting for a reply. Waits only under the ``block`` policy while the
         mailbox is full (back-pressure); other policies never wait."""
-        self._check(message)
-        await self._cell.mailbox.put(message)
+        cell = self._cell
+        if cell.handlers.get(type(message)) is None and not cell.handles(message):
+            raise self._unhandled(message)
+        mailbox = cell.mailbox
+        if mailbox.must_wait():
+            await mailbox.put(message)
+        else:
+            mailbox.put_nowait(message)
 
     def cast_nowait(self, message: Any) -> None:
         """Send without waiting at all; a full mailbox under ``block`` raises MailboxFull."""
-        self._check(message)
-        self._cell.mailbox.put_nowait(message)
+        cell = self._cell
+        if cell.handlers.get(type(message)) is None and not cell.handles(message):
+            raise self._unhandled(message)
+        cell.mailbox.put_nowait(message)
 
     def send_info(self, message: Any) -> None:
         """Deliver a message from outside the actor's protocol (timers, notifications). An

@@ -1,0 +1,124 @@
+"""One-shot wake-ups for the hot path, native to each event loop.
+
+A call waits for exactly one reply and an idle actor waits for exactly one "you have mail".
+anyio.Event and anyio.move_on_after are general (and cost several microseconds each on
+asyncio); a one-shot slot needs only what each loop already has: a bare future on asyncio,
+``wait_task_rescheduled`` on trio. Cancellation stays the loop's own, so anyio cancel scopes
+around a wait work as usual. Everything off the hot path uses plain anyio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
+
+import sniffio
+
+
+class TimedOut(Exception):
+    """Internal: a slot's wait reached its timeout."""
+
+
+class Slot(Protocol):
+    """A one-shot value: set once (later sets are ignored), awaited by at most one task."""
+
+    @property
+    def done(self) -> bool: ...
+    def resolve(self, value: Any) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
+    async def wait(self, timeout: float | None) -> Any:
+        """The value, or raises the error; TimedOut after ``timeout`` seconds (None: never)."""
+        ...
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimedOut())
+
+
+class AsyncioSlot:
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[Any] = loop.create_future()
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def resolve(self, value: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(value)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(error)
+
+    async def wait(self, timeout: float | None) -> Any:
+        future = self._future
+        if timeout is None:
+            return await future
+        loop = future.get_loop()
+        timer = loop.call_at(loop.time() + timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+
+class TrioSlot:
+    __slots__ = ("_outcome", "_task")
+
+    def __init__(self) -> None:
+        self._outcome: Any = None
+        self._task: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    def resolve(self, value: Any) -> None:
+        if self._outcome is None:
+            import outcome
+
+            self._set(outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        if self._outcome is None:
+            import outcome
+
+            self._set(outcome.Error(error))
+
+    def _set(self, result: Any) -> None:
+        self._outcome = result
+        task, self._task = self._task, None
+        if task is not None:
+            import trio
+
+            trio.lowlevel.reschedule(task, result)
+
+    async def wait(self, timeout: float | None) -> Any:
+        import trio
+
+        if self._outcome is not None:
+            return self._outcome.unwrap()
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if timeout is None:
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        with trio.move_on_after(timeout):
+            return await trio.lowlevel.wait_task_rescheduled(abort)
+        raise TimedOut()
+
+
+def slot_factory() -> Callable[[], Slot]:
+    """Makes slots for the event loop running now."""
+    if sniffio.current_async_library() == "asyncio":
+        return partial(AsyncioSlot, asyncio.get_running_loop())
+    return TrioSlot

@@ -33,6 +33,7 @@ def test_empty_snapshot() -> None:
     assert snap.metrics == {}
 
 
+@settings(deadline=None)
 @given(st.lists(finite, min_size=1, max_size=80))
 def test_named_metric_matches_numpy(values: list[float]) -> None:
     agg = StreamingAggregator()
@@ -164,7 +165,7 @@ async def test_a_bad_value_does_not_crash_the_actor() -> None:
         assert (snap.metrics["loss"].count, snap.rejected) == (1, 1)
 
 
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("ab"), finite), max_size=40))
 def test_order_of_casts_does_not_change_counts(updates: list[tuple[str, float]]) -> None:
     forward, backward = StreamingAggregator(), StreamingAggregator()

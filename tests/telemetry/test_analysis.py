@@ -3,7 +3,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.telemetry import TelemetryEvent, calculate_metrics, compare_metrics
@@ -47,6 +47,7 @@ def test_summary_and_event_counts() -> None:
     assert metrics.summary.event_types == metrics.events == {"a.start": 2, "a.stop": 1}
 
 
+@settings(deadline=None)
 @given(st.lists(finite, min_size=1, max_size=50))
 def test_latency_matches_numpy(latencies: list[float]) -> None:
     events = [make_event(i, latency_ms=v) for i, v in enumerate(latencies)]

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.telemetry import TelemetryEvent, read_jsonl, to_csv, to_jsonl
@@ -46,6 +46,7 @@ def events(draw: st.DrawFn) -> TelemetryEvent:
     )
 
 
+@settings(deadline=None)
 @given(st.lists(events(), max_size=8))
 def test_jsonl_round_trips(recorded: list[TelemetryEvent]) -> None:
     text = to_jsonl(recorded)
@@ -82,6 +83,7 @@ def _flat(prefix: str, value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@settings(deadline=None)
 @given(st.lists(events(), min_size=1, max_size=8))
 def test_csv_round_trips(recorded: list[TelemetryEvent]) -> None:
     text = to_csv(recorded)

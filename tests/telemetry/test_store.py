@@ -1,7 +1,7 @@
 import itertools
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.telemetry import EventStore, Last, LastN, TelemetryEvent, TimeRange
@@ -19,6 +19,7 @@ def event(ts: int, name: str = "a.stop", **fields: Any) -> TelemetryEvent:
     )
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 1_000), max_size=60))
 def test_store_keeps_time_order_and_every_event(timestamps: list[int]) -> None:
     store = EventStore()
@@ -33,6 +34,7 @@ def test_store_keeps_time_order_and_every_event(timestamps: list[int]) -> None:
             assert a.sample_id < b.sample_id
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.integers(0, 100), max_size=40),
     st.integers(0, 100),
@@ -93,6 +95,7 @@ def test_query_window_specs() -> None:
     assert stamps(store.query_window(LastN(2), {"success": True})) == [60_000_000, 120_000_000]
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 10_000), min_size=1, max_size=60), st.integers(1, 3_000))
 def test_tumbling_windows_partition_the_events(timestamps: list[int], win: int) -> None:
     store = filled(timestamps)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,13 +173,23 @@ class JsonlFile:
                 marks.append(_mark_decoder.decode(line))
             except msgspec.DecodeError:
                 continue  # not ours to judge; marks only serve retries
-        voided = {(m.key, m.start, m.end) for m in marks if m.void}
+        # A void line cancels the last mark before it with the same key and range (a retry
+        # of that batch may later write an identical mark, which stays valid).
+        later_voids: Counter[tuple[str, int, int]] = Counter()
+        cancelled: set[int] = set()
+        for index in range(len(marks) - 1, -1, -1):
+            ident = (marks[index].key, marks[index].start, marks[index].end)
+            if marks[index].void:
+                later_voids[ident] += 1
+            elif later_voids[ident]:
+                later_voids[ident] -= 1
+                cancelled.add(index)
         voids: list[bytes] = []
-        for mark in marks:
+        for index, mark in enumerate(marks):
             if mark.void:
                 if self._keys.get(mark.key) == msgspec.structs.replace(mark, void=False):
-                    del self._keys[mark.key]
-            elif (mark.key, mark.start, mark.end) in voided:
+                    del self._keys[mark.key]  # cancels a mark folded in by an earlier refresh
+            elif index in cancelled:
                 continue
             elif mark.end <= size:
                 self._keys[mark.key] = mark

@@ -58,6 +58,7 @@ class GroupCommitWriter:
         self._sync_wanted = 0  # the highest ticket someone waits to see durable
         self._write_wanted = 0  # the highest ticket someone waits to see written (a read)
         self._error: BaseException | None = None
+        self._failures = 0  # failed write attempts so far; waiters watch it grow
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -84,10 +85,12 @@ class GroupCommitWriter:
     def wait(self, ticket: int, *, durable: bool) -> None:
         """Block until the chunk with `ticket` (and all before it) is written, or durable.
 
-        Raises `StoreWriteError` if the sink fails meanwhile (the records stay buffered and
-        the writer keeps retrying).
+        Raises `StoreWriteError` if a write attempt fails while waiting (the records stay
+        buffered and the writer retries every `flush_interval`; wait again to see the next
+        attempt's outcome).
         """
         with self._cond:
+            failures = self._failures
             if durable and self._sync_wanted < ticket:
                 self._sync_wanted = ticket
                 self._cond.notify_all()
@@ -95,7 +98,7 @@ class GroupCommitWriter:
                 self._write_wanted = ticket
                 self._cond.notify_all()
             while (self._durable if durable else self._written) < ticket:
-                if self._error is not None:
+                if self._failures > failures and self._error is not None:
                     raise StoreWriteError(f"metrics writer failed: {self._error}") from self._error
                 if not self._thread.is_alive():
                     raise StoreClosed("the metrics writer has stopped")
@@ -154,6 +157,7 @@ class GroupCommitWriter:
                         self._pending[:0] = chunks  # keep order: retry them first
                         self._pending_records += sum(len(c.records) for c in chunks)
                     self._error = error
+                    self._failures += 1
                     self._cond.notify_all()
                     if self._closing:
                         return

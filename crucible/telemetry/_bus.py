@@ -62,7 +62,8 @@ class HandlerInfo:
 # --- the global handler table (guarded by _lock; _by_event is a cache rebuilt lazily) ---
 _lock = threading.Lock()
 _handlers: dict[str, HandlerInfo] = {}
-_by_event: dict[str, tuple[HandlerInfo, ...]] = {}
+# event name -> ((fn, config, info), ...): execute's hot path reads one dict and unpacks tuples.
+_by_event: dict[str, tuple[tuple[HandlerFn, Any, HandlerInfo], ...]] = {}
 
 
 def _check_event_name(name: str) -> None:
@@ -122,12 +123,19 @@ def list_handlers(event_name: str | None = None) -> tuple[HandlerInfo, ...]:
     return tuple(info for info in infos if info.matches(event_name))
 
 
-def _handlers_for(event_name: str) -> tuple[HandlerInfo, ...]:
-    found = _by_event.get(event_name)
-    if found is None:
-        with _lock:
-            found = tuple(info for info in _handlers.values() if info.matches(event_name))
-            _by_event[event_name] = found
+#: Names are usually a fixed vocabulary; a program minting names (ids inside them) would grow
+#: the cache without bound, so it is dropped and rebuilt past this size.
+_CACHE_LIMIT = 4096
+
+
+def _resolve(event_name: str) -> tuple[tuple[HandlerFn, Any, HandlerInfo], ...]:
+    with _lock:
+        if len(_by_event) >= _CACHE_LIMIT:
+            _by_event.clear()
+        found = tuple(
+            (info.fn, info.config, info) for info in _handlers.values() if info.matches(event_name)
+        )
+        _by_event[event_name] = found
     return found
 
 
@@ -157,14 +165,16 @@ def execute(
 
     A handler that raises is detached and logged once; the emitter never sees its error.
     """
-    handlers = _handlers_for(event_name)
+    handlers = _by_event.get(event_name)
+    if handlers is None:
+        handlers = _resolve(event_name)
     if not handlers:
         return
     measured = _EMPTY if measurements is None else measurements
     meta = _EMPTY if metadata is None else metadata
-    for info in handlers:
+    for fn, config, info in handlers:
         try:
-            info.fn(event_name, measured, meta, info.config)
+            fn(event_name, measured, meta, config)
         except Exception:
             _detach_failed(info, event_name)
 

@@ -152,3 +152,13 @@ def test_a_handler_failing_inside_a_span_does_not_break_the_block() -> None:
     with telemetry.span("job") as extra:
         extra["ok"] = True
     assert telemetry.list_handlers("job.stop") == ()
+
+
+def test_many_distinct_event_names_still_reach_handlers() -> None:
+    seen: Seen = []
+    telemetry.attach("pre", "job.*", recorder(seen))
+    for i in range(5_000):  # more names than the resolution cache keeps
+        telemetry.execute(f"job.{i}")
+    telemetry.attach("late", "job.*", recorder(seen))
+    telemetry.execute("job.0")
+    assert len(seen) == 5_002

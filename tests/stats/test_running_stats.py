@@ -79,6 +79,52 @@ def test_update_many_equals_a_loop_of_update(values: list[float]) -> None:
     assert_same_stats(batched, loop_of_updates(values), magnitude(values))
 
 
+def welford_reference(values: list[float]) -> tuple[int, float, float]:
+    """Welford's recurrence, value by value, in plain Python: the textbook oracle."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for x in values:
+        n += 1
+        delta = x - mean
+        mean += delta / n
+        m2 += delta * (x - mean)
+    return n, mean, m2
+
+
+@settings(max_examples=40)
+@given(
+    st.integers(0, 3_500),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1.0, 1e-3, 1e6]),
+    st.sampled_from([0.0, 1e6, -1e3]),
+)
+def test_single_updates_across_buffer_flushes_match_welford_and_numpy(
+    n: int, seed: int, scale: float, offset: float
+) -> None:
+    # update() buffers values and folds them in blocks of 1024: these sizes cross several
+    # block boundaries and reads in between, and must still equal the value-by-value Welford.
+    values = (np.random.default_rng(seed).normal(offset, scale, n)).tolist()
+    stats = RunningStats()
+    for i, x in enumerate(values):
+        stats.update(x)
+        if i % 1_500 == 700:
+            assert stats.count == i + 1  # a read mid-stream folds the buffer early
+    count, mean, m2 = welford_reference(values)
+    assert stats.count == count == n
+    if n == 0:
+        assert stats.mean is None
+        return
+    size = abs(offset) + scale
+    assert stats.mean == pytest.approx(mean, rel=1e-9, abs=1e-9 * size)
+    assert stats.mean == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-9 * size)
+    assert stats.min == min(values)
+    assert stats.max == max(values)
+    if n >= 2:
+        assert stats.variance(ddof=0) == pytest.approx(m2 / n, rel=1e-6)
+        assert stats.variance() == pytest.approx(float(np.var(values, ddof=1)), rel=1e-6)
+    batched = RunningStats.of(values)
+    assert_same_stats(stats, batched, size)
+
+
 @given(st.lists(batches, max_size=5))
 def test_update_many_in_several_batches_equals_one_batch(parts: list[list[float]]) -> None:
     several = RunningStats()

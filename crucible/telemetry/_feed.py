@@ -15,7 +15,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from crucible.actors import ActorError, ActorRef, Runtime
-from crucible.metrics._streaming import (
+from crucible.metrics import (
     GetMetrics,
     ObserveRequest,
     Reset,

@@ -25,7 +25,7 @@ import anyio
 import msgspec
 
 from crucible.actors import Runtime
-from crucible.metrics._streaming import StreamingSnapshot
+from crucible.metrics import StreamingSnapshot
 from crucible.stats import Window
 from crucible.telemetry import _bus
 from crucible.telemetry._analysis import (

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.actors import open_runtime
-from crucible.metrics._streaming import (
+from crucible.metrics import (
     GetMetrics,
     Observe,
     ObserveMany,

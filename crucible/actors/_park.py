@@ -1,8 +1,8 @@
 """One-shot wake-ups for the hot path, native to each event loop.
 
 A call waits for exactly one reply and an idle actor waits for exactly one "you have mail".
-anyio.Event and anyio.move_on_after are general (and cost several microseconds each on
-asyncio); a one-shot slot needs only what each loop already has: a bare future on asyncio,
+anyio.Event is general (and costs several microseconds on asyncio, most of it finding the
+backend); a one-shot slot needs only what each loop already has: a bare future on asyncio,
 ``wait_task_rescheduled`` on trio. Cancellation stays the loop's own, so anyio cancel scopes
 around a wait work as usual. Everything off the hot path uses plain anyio.
 """
@@ -18,7 +18,7 @@ import sniffio
 
 
 class TimedOut(Exception):
-    """Internal: a slot's wait reached its timeout."""
+    """Internal: a call's deadline passed (see _deadlines)."""
 
 
 class Slot(Protocol):
@@ -28,14 +28,9 @@ class Slot(Protocol):
     def done(self) -> bool: ...
     def resolve(self, value: Any) -> None: ...
     def fail(self, error: BaseException) -> None: ...
-    async def wait(self, timeout: float | None) -> Any:
-        """The value, or raises the error; TimedOut after ``timeout`` seconds (None: never)."""
+    async def wait(self) -> Any:
+        """The value, or raises the error."""
         ...
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimedOut())
 
 
 class AsyncioSlot:
@@ -56,16 +51,8 @@ class AsyncioSlot:
         if not self._future.done():
             self._future.set_exception(error)
 
-    async def wait(self, timeout: float | None) -> Any:
-        future = self._future
-        if timeout is None:
-            return await future
-        loop = future.get_loop()
-        timer = loop.call_at(loop.time() + timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+    async def wait(self) -> Any:
+        return await self._future
 
 
 class TrioSlot:
@@ -99,7 +86,7 @@ class TrioSlot:
 
             trio.lowlevel.reschedule(task, result)
 
-    async def wait(self, timeout: float | None) -> Any:
+    async def wait(self) -> Any:
         import trio
 
         if self._outcome is not None:
@@ -110,11 +97,7 @@ class TrioSlot:
             self._task = None
             return trio.lowlevel.Abort.SUCCEEDED
 
-        if timeout is None:
-            return await trio.lowlevel.wait_task_rescheduled(abort)
-        with trio.move_on_after(timeout):
-            return await trio.lowlevel.wait_task_rescheduled(abort)
-        raise TimedOut()
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def slot_factory() -> Callable[[], Slot]:

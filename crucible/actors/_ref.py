@@ -101,10 +101,15 @@ class ActorRef(Generic[A]):
             if not enqueued:
                 raise self._timeout(message, timeout)
             remaining = max(0.0, deadline - anyio.current_time())
+        if remaining is None:
+            return await call.slot.wait()
+        bucket = cell.runtime.deadlines.add(call.slot, remaining)
         try:
-            return await call.slot.wait(remaining)
+            return await call.slot.wait()
         except TimedOut:
             raise self._timeout(message, timeout) from None
+        finally:
+            bucket.discard(call.slot)
 
     def _timeout(self, message: Any, timeout: float | None) -> CallTimeout:
         return CallTimeout(

@@ -13,6 +13,7 @@ import attrs
 
 from ._actor import Actor
 from ._cell import Cell
+from ._deadlines import Deadlines
 from ._errors import NameTaken
 from ._mailbox import Overflow
 from ._reason import ExitReason
@@ -54,6 +55,7 @@ class Runtime:
         self._roots: list[Cell] = []
         self._listeners: list[Listener] = []
         self._closing = False
+        self.deadlines = Deadlines()
 
     # -- starting actors ---------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ async def open_runtime() -> AsyncIterator[Runtime]:
     try:
         async with anyio.create_task_group() as tg:
             runtime = Runtime(tg)
+            tg.start_soon(runtime.deadlines.keep)
             try:
                 yield runtime
             finally:

@@ -281,3 +281,21 @@ class _CrashAfterHold(Actor[None]):
     @handler
     def get(self, msg: Get) -> int:
         return 0
+
+
+async def test_a_timeout_never_fires_early() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Recorder())
+        for timeout in (0.0, 0.013, 0.031):
+            started = anyio.current_time()
+            with pytest.raises(CallTimeout):
+                await ref.call(Hold(), timeout=timeout)
+            assert anyio.current_time() - started >= timeout
+
+
+async def test_answered_calls_leave_no_timeout_bookkeeping_behind() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(Counter())
+        for _ in range(200):
+            await ref.call(Get(), timeout=60)
+        assert all(not bucket for bucket in rt.deadlines._buckets.values())

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 import pykka
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from crucible.actors import Actor, Request, handler, open_runtime
 

@@ -239,12 +239,6 @@ class Telemetry:
             self._require(experiment_id)
             return self._stores[experiment_id].all()
 
-    def store(self, experiment_id: str) -> EventStore:
-        """The experiment's event store (for window queries)."""
-        with self._lock:
-            self._require(experiment_id)
-            return self._stores[experiment_id]
-
     def query(
         self, experiment_id: str, filters: Mapping[str, Any] | None = None
     ) -> builtins.list[TelemetryEvent]:

@@ -14,6 +14,7 @@ import bisect
 import math
 import time
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import TypeVar
 
 import msgspec
@@ -48,9 +49,11 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _in_time_order(records: Iterable[T]) -> tuple[list[T], list[int | float]]:
-    # sorted() is stable and linear on already-ordered input (the common case: a store).
-    ordered = sorted(records, key=timestamp_of)
-    return ordered, [timestamp_of(r) for r in ordered]
+    # Read each timestamp once; list.sort is stable and linear on already-ordered input
+    # (the common case: an event store).
+    keyed = [(timestamp_of(record), record) for record in records]
+    keyed.sort(key=itemgetter(0))
+    return [record for _, record in keyed], [stamp for stamp, _ in keyed]
 
 
 def last(records: Iterable[T], n: float, unit: str, now: int | float | None = None) -> list[T]:

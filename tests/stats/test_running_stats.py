@@ -63,6 +63,8 @@ def test_matches_numpy_mean_and_sample_variance(values: list[float]) -> None:
     assert stats.mean == pytest.approx(float(np.mean(values)), rel=1e-9, abs=1e-9 * scale)
     assert stats.min == min(values)
     assert stats.max == max(values)
+    population = float(np.var(values, ddof=0))  # the telemetry analysis uses ddof=0
+    assert stats.variance(ddof=0) == pytest.approx(population, rel=1e-7, abs=1e-9 * scale**2)
     if len(values) >= 2:
         expected = float(np.var(values, ddof=1))
         assert stats.variance() == pytest.approx(expected, rel=1e-7, abs=1e-9 * scale**2)
@@ -227,6 +229,20 @@ def test_merge_leaves_the_other_side_unchanged_and_copy_is_independent() -> None
     assert b == b_before
     b.update(100.0)
     assert b != b_before
+
+
+def test_merging_with_itself_doubles_the_stream() -> None:
+    stats = RunningStats.of([1.0, 2.0, 3.0, math.nan])
+    stats.merge(stats)
+    assert_same_stats(stats, RunningStats.of([1.0, 2.0, 3.0, math.nan] * 2), 3.0)
+
+
+def test_repr_shows_the_statistics() -> None:
+    stats = RunningStats()
+    stats.update(2.0)  # still buffered: repr must fold it in
+    assert repr(stats) == (
+        "RunningStats(count=1, mean=2.0, std=None, min=2.0, max=2.0, nonfinite=0)"
+    )
 
 
 def test_large_offset_keeps_variance_accurate() -> None:

@@ -19,6 +19,12 @@ from ._errors import InvalidStateError, InvalidValueError
 _PENDING_LIMIT = 1024
 
 
+#: Up to this many buffered values are folded in by the plain Welford recurrence ...
+_FEW = 16
+#: ... provided they are small enough that no difference or square can overflow.
+_WELFORD_SAFE = 1e150
+
+
 class RunningStatsState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A checkpoint of a `RunningStats`: enough to restore it or merge it elsewhere.
 
@@ -182,9 +188,31 @@ class RunningStats:
         return RunningStats.from_state(self.to_state())
 
     def _flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, array("d")
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = array("d")
+        if len(pending) <= _FEW and max(map(abs, pending)) < _WELFORD_SAFE:
+            # An update-then-read pattern (a streaming detector, a live dashboard) flushes
+            # one value at a time: the plain recurrence beats numpy's per-call overhead there.
+            self._welford(pending)
+        else:
             self._fold(np.frombuffer(pending, dtype=np.float64))
+
+    def _welford(self, values: Iterable[float]) -> None:
+        count, mean, m2 = self._count, self._mean, self._m2
+        low, high = self._min, self._max
+        for x in values:
+            if x - x != 0.0:  # NaN or +-inf
+                self._nonfinite += 1
+                continue
+            count += 1
+            delta = x - mean
+            mean += delta / count
+            m2 += delta * (x - mean)
+            low = min(low, x)
+            high = max(high, x)
+        self._count, self._mean, self._m2, self._min, self._max = count, mean, m2, low, high
 
     def _fold(self, batch: np.ndarray[Any, Any]) -> None:
         if batch.size == 0:

@@ -127,7 +127,8 @@ def windowed(records: Iterable[object], win: int | float, step: int | float) -> 
         else:
             # Jump over the empty stretch to the first window that holds the next record
             # (start > t - win), instead of stepping through a possibly huge gap one by one.
-            k = max(k + 1, math.floor((stamps[lo] - win - first) / step) + 1)
+            # Floor division stays exact on integer microseconds, where / would round.
+            k = max(k + 1, int((stamps[lo] - win - first) // step) + 1)
     return windows
 
 

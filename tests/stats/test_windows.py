@@ -161,6 +161,18 @@ def test_windowed_matches_the_plain_reading_of_the_rule(
         assert_window_matches(window, start, members, win)
 
 
+@given(events_strategy, positive, positive)
+def test_windows_do_not_depend_on_the_epoch(events: list[Event], win: int, step: int) -> None:
+    # Real timestamps are ~1.8e15 µs: the arithmetic must stay exact there.
+    offset = 1_764_000_000_000_000
+    shifted = [msgspec.structs.replace(e, timestamp=e.timestamp + offset) for e in events]
+    expected = [
+        msgspec.structs.replace(w, start=w.start + offset, end=w.end + offset)
+        for w in windowed(events, win, step)
+    ]
+    assert windowed(shifted, win, step) == expected
+
+
 @given(events_strategy, positive)
 def test_tumbling_windows_partition_the_events(events: list[Event], win: int) -> None:
     windows = windowed(events, win, win)

@@ -4,7 +4,8 @@
   Chan et al.'s parallel merge, checkpointable as a `RunningStatsState` msgspec struct.
 - `percentile` / `percentiles`: exact percentiles of stored data (linear interpolation).
 - `QuantileSketch`: a mergeable streaming quantile sketch (DataSketches REQ) for p50..p99.
-- `zscore_anomalies`, `mad_anomalies`, `iqr_anomalies`, `StreamingZScore` (-> `Anomaly`).
+- `zscore_anomalies`, `mad_anomalies`, `iqr_anomalies`, `StreamingZScore`, `StreamingIQR`
+  (-> `Anomaly`).
 - `last`, `last_n`, `range`, `windowed` (-> `Window`): windows over timestamped records.
 
 Non-finite values (NaN, ±inf) are counted apart, never folded into a statistic.
@@ -12,6 +13,7 @@ Non-finite values (NaN, ±inf) are counted apart, never folded into a statistic.
 
 from ._anomaly import (
     Anomaly,
+    StreamingIQR,
     StreamingZScore,
     iqr_anomalies,
     mad_anomalies,
@@ -34,6 +36,7 @@ __all__ = [
     "RunningStats",
     "RunningStatsState",
     "StatsError",
+    "StreamingIQR",
     "StreamingZScore",
     "Window",
     "iqr_anomalies",

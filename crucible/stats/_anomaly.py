@@ -1,4 +1,5 @@
-"""Anomaly detectors over a window of values (z-score, MAD, IQR) and over a live stream.
+"""Anomaly detectors over a window of values (z-score, MAD, IQR) and over a live stream
+(z-score, IQR). For MAD on a stream, run `mad_anomalies` on a window such as `last_n`.
 
 Every detector returns the flagged points as `Anomaly(index, value, score)`, with `index` the
 position in the input and a signed `score` (positive above the centre, negative below), so a
@@ -17,6 +18,7 @@ import numpy as np
 from attrs import define, field
 
 from ._running import RunningStats, _as_float_array
+from ._sketch import QuantileSketch
 
 #: 0.6745 is the 0.75 quantile of the standard normal: it makes the MAD a consistent
 #: estimator of the standard deviation (Iglewicz & Hoaglin's modified z-score).
@@ -138,6 +140,48 @@ class StreamingZScore:
             return None
         score = (x - mean) / std
         if abs(score) <= self.threshold:
+            return None
+        return Anomaly(index=index, value=float(x), score=score)
+
+
+@define
+class StreamingIQR:
+    """Tukey's fences over a live stream, with quartiles from a `QuantileSketch`.
+
+    `observe(x)` checks x against Q1 - k*IQR and Q3 + k*IQR of everything seen before it, then
+    adds x. Memory stays bounded (the sketch); the quartiles are the sketch's inverted-CDF
+    estimates (exact for the first few hundred values), so scores can differ slightly from
+    `iqr_anomalies` on the same values. Nothing is flagged during the `warmup`; NaN/inf are
+    skipped and counted by `sketch.nonfinite`.
+    """
+
+    k: float = 1.5
+    warmup: int = 30
+    sketch: QuantileSketch = field(factory=QuantileSketch)
+    _seen: int = field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_positive("k", self.k)
+        if self.warmup < 4:
+            raise ValueError(
+                f"warmup must be >= 4 (quartiles need a few points), got {self.warmup}"
+            )
+
+    def observe(self, x: float) -> Anomaly | None:
+        """Score `x` against the stream so far, add it, and return it if outside the fences."""
+        index = self._seen
+        self._seen += 1
+        ready = self.sketch.count >= self.warmup
+        q1, q3 = self.sketch.quantile(0.25), self.sketch.quantile(0.75)
+        self.sketch.update(x)  # validates x; NaN/inf only bump sketch.nonfinite
+        if not ready or q1 is None or q3 is None or not math.isfinite(x):
+            return None
+        iqr = q3 - q1
+        distance = x - q3 if x > q3 else x - q1 if x < q1 else 0.0
+        if distance == 0.0:
+            return None
+        score = distance / iqr if iqr > 0 else math.copysign(math.inf, distance)
+        if abs(score) <= self.k:
             return None
         return Anomaly(index=index, value=float(x), score=score)
 

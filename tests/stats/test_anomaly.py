@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from crucible.stats import (
@@ -50,6 +50,7 @@ def assert_matches_oracle(
         assert a.score == pytest.approx(score, rel=1e-9, abs=1e-9)
 
 
+@settings(deadline=None)  # timing is for bench/, not for tests on a busy CI
 @given(values_strategy, st.floats(min_value=0.5, max_value=4.0))
 def test_zscore_matches_numpy(values: list[float], threshold: float) -> None:
     _, finite = finite_positions(values)
@@ -62,6 +63,7 @@ def test_zscore_matches_numpy(values: list[float], threshold: float) -> None:
     assert_matches_oracle(result, values, scores, threshold)
 
 
+@settings(deadline=None)
 @given(values_strategy, st.floats(min_value=0.5, max_value=5.0))
 def test_mad_matches_the_modified_zscore(values: list[float], threshold: float) -> None:
     _, finite = finite_positions(values)
@@ -76,6 +78,7 @@ def test_mad_matches_the_modified_zscore(values: list[float], threshold: float) 
     assert_matches_oracle(result, values, scores, threshold)
 
 
+@settings(deadline=None)
 @given(values_strategy, st.floats(min_value=0.5, max_value=3.0))
 def test_iqr_matches_tukeys_fences(values: list[float], k: float) -> None:
     positions, finite = finite_positions(values)
@@ -164,6 +167,7 @@ def test_bad_parameters_are_refused(call, name: str) -> None:  # type: ignore[no
 # -- streaming -------------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.floats(min_value=-1e3, max_value=1e3), max_size=80),
     st.integers(2, 20),
@@ -213,6 +217,7 @@ def inverted_cdf(values: list[float], rank: float) -> float:
     return float(np.quantile(data, rank, method="inverted_cdf"))
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.integers(-1_000, 1_000).map(float), max_size=120),
     st.integers(4, 20),

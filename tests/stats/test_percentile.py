@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.stats import InvalidValueError, percentile, percentiles
@@ -22,6 +22,7 @@ def interpolate_by_hand(values: list[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
+@settings(deadline=None)  # timing is for bench/, not for tests on a busy CI
 @given(st.lists(finite, min_size=1, max_size=50), st.floats(min_value=0, max_value=100))
 def test_matches_linear_interpolation_by_hand(values: list[float], p: float) -> None:
     expected = interpolate_by_hand(values, p)

@@ -52,6 +52,7 @@ def merged(*parts: RunningStats) -> RunningStats:
 # -- properties ------------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # timing is for bench/, not for tests on a busy CI
 @given(batches)
 def test_matches_numpy_mean_and_sample_variance(values: list[float]) -> None:
     stats = loop_of_updates(values)
@@ -75,6 +76,7 @@ def test_matches_numpy_mean_and_sample_variance(values: list[float]) -> None:
         assert stats.variance(ddof=0) == 0.0
 
 
+@settings(deadline=None)
 @given(batches)
 def test_update_many_equals_a_loop_of_update(values: list[float]) -> None:
     batched = RunningStats()
@@ -93,7 +95,7 @@ def welford_reference(values: list[float]) -> tuple[int, float, float]:
     return n, mean, m2
 
 
-@settings(max_examples=40)
+@settings(deadline=None, max_examples=40)
 @given(
     st.integers(0, 3_500),
     st.integers(0, 2**32 - 1),
@@ -128,6 +130,7 @@ def test_single_updates_across_buffer_flushes_match_welford_and_numpy(
     assert_same_stats(stats, batched, size)
 
 
+@settings(deadline=None)
 @given(st.lists(batches, max_size=5))
 def test_update_many_in_several_batches_equals_one_batch(parts: list[list[float]]) -> None:
     several = RunningStats()
@@ -137,12 +140,14 @@ def test_update_many_in_several_batches_equals_one_batch(parts: list[list[float]
     assert_same_stats(several, RunningStats.of(flat), magnitude(flat))
 
 
+@settings(deadline=None)
 @given(batches, batches)
 def test_merge_is_commutative(a: list[float], b: list[float]) -> None:
     sa, sb = RunningStats.of(a), RunningStats.of(b)
     assert_same_stats(merged(sa, sb), merged(sb, sa), magnitude(a, b))
 
 
+@settings(deadline=None)
 @given(batches, batches, batches)
 def test_merge_is_associative(a: list[float], b: list[float], c: list[float]) -> None:
     sa, sb, sc = RunningStats.of(a), RunningStats.of(b), RunningStats.of(c)
@@ -151,6 +156,7 @@ def test_merge_is_associative(a: list[float], b: list[float], c: list[float]) ->
     assert_same_stats(left, right, magnitude(a, b, c))
 
 
+@settings(deadline=None)
 @given(batches, batches)
 def test_merge_equals_stats_of_the_concatenation(a: list[float], b: list[float]) -> None:
     sa = RunningStats.of(a)
@@ -158,6 +164,7 @@ def test_merge_equals_stats_of_the_concatenation(a: list[float], b: list[float])
     assert_same_stats(sa, loop_of_updates(a + b), magnitude(a, b))
 
 
+@settings(deadline=None)
 @given(batches, st.lists(st.sampled_from([math.nan, math.inf, -math.inf]), max_size=5))
 def test_nonfinite_values_are_counted_apart_and_never_poison(
     values: list[float], bad: list[float]
@@ -170,6 +177,7 @@ def test_nonfinite_values_are_counted_apart_and_never_poison(
         assert_same_stats(stats, clean, magnitude(values), nonfinite=len(bad))
 
 
+@settings(deadline=None)
 @given(batches.map(lambda xs: xs + [math.nan] * (len(xs) % 3)))
 def test_state_round_trips_through_json(values: list[float]) -> None:
     stats = RunningStats.of(values)
@@ -315,7 +323,7 @@ def test_state_is_a_frozen_msgspec_struct() -> None:
         state.count = 5  # type: ignore[misc]
 
 
-@settings(max_examples=25)
+@settings(deadline=None, max_examples=25)
 @given(st.lists(st.floats(min_value=-1e300, max_value=1e300), min_size=1, max_size=20))
 def test_huge_magnitudes_stay_finite_in_the_mean(values: list[float]) -> None:
     for stats in (RunningStats.of(values), loop_of_updates(values)):

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crucible.stats import (
@@ -54,6 +54,7 @@ def in_time_order(events: list[Event]) -> list[Event]:
 # -- selections --------------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # timing is for bench/, not for tests on a busy CI
 @given(events_strategy, st.integers(-5, 50))
 def test_last_n_is_the_newest_n_in_ascending_order(events: list[Event], n: int) -> None:
     result = last_n(events, n)
@@ -62,12 +63,14 @@ def test_last_n_is_the_newest_n_in_ascending_order(events: list[Event], n: int) 
     assert len(result) == max(0, min(n, len(events)))
 
 
+@settings(deadline=None)
 @given(events_strategy, st.integers(0, 10_000), st.integers(0, 10_000))
 def test_range_is_inclusive_and_ordered(events: list[Event], a: int, b: int) -> None:
     result = range(events, a, b)
     assert result == [e for e in in_time_order(events) if a <= e.timestamp <= b]
 
 
+@settings(deadline=None)
 @given(
     events_strategy,
     st.floats(min_value=-1, max_value=0.01),
@@ -150,6 +153,7 @@ def assert_window_matches(window: Window, start: int, members: list[Event], win:
     assert window.failures == sum(e.success is False for e in members)
 
 
+@settings(deadline=None)
 @given(events_strategy, positive, positive)
 def test_windowed_matches_the_plain_reading_of_the_rule(
     events: list[Event], win: int, step: int
@@ -161,6 +165,7 @@ def test_windowed_matches_the_plain_reading_of_the_rule(
         assert_window_matches(window, start, members, win)
 
 
+@settings(deadline=None)
 @given(events_strategy, positive, positive)
 def test_windows_do_not_depend_on_the_epoch(events: list[Event], win: int, step: int) -> None:
     # Real timestamps are ~1.8e15 µs: the arithmetic must stay exact there.
@@ -173,6 +178,7 @@ def test_windows_do_not_depend_on_the_epoch(events: list[Event], win: int, step:
     assert windowed(shifted, win, step) == expected
 
 
+@settings(deadline=None)
 @given(events_strategy, positive)
 def test_tumbling_windows_partition_the_events(events: list[Event], win: int) -> None:
     windows = windowed(events, win, win)
@@ -183,6 +189,7 @@ def test_tumbling_windows_partition_the_events(events: list[Event], win: int) ->
     assert sum(w.failures for w in windows) == sum(e.success is False for e in events)
 
 
+@settings(deadline=None)
 @given(events_strategy, positive, positive)
 def test_sliding_windows_cover_every_event(events: list[Event], a: int, b: int) -> None:
     step, win = min(a, b), max(a, b)
@@ -194,6 +201,7 @@ def test_sliding_windows_cover_every_event(events: list[Event], a: int, b: int) 
         assert (window.start - windows[0].start) % step == 0
 
 
+@settings(deadline=None)
 @given(events_strategy, st.integers(-5, 0), st.integers(-5, 5))
 def test_non_positive_win_or_step_gives_nothing(events: list[Event], bad: int, other: int) -> None:
     assert windowed(events, bad, other) == []

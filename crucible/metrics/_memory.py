@@ -80,6 +80,8 @@ class MemoryMetricsStore:
     def _append(self, batch: list[MetricRecord], key: str | None) -> None:
         with self._lock:
             self._check_open()
+            if not batch:
+                return  # an empty batch stores nothing and does not use up its key
             if key is not None:
                 if key in self._keys:
                     return

@@ -6,6 +6,8 @@ import os
 import warnings
 from datetime import datetime
 
+import msgspec
+
 from ._buffered import BufferedStore
 from ._errors import CorruptLinesWarning
 from ._jsonl_file import JsonlFile, ScanReport
@@ -20,6 +22,8 @@ from ._query import (
 from ._record import MetricRecord, MetricSummary
 
 __all__ = ["JsonlMetricsStore"]
+
+_json = msgspec.json.encode
 
 
 class JsonlMetricsStore(BufferedStore):
@@ -55,8 +59,8 @@ class JsonlMetricsStore(BufferedStore):
     def path(self) -> os.PathLike[str]:
         return self._file.path
 
-    def _load(self) -> list[MetricRecord]:
-        records, bad, _torn = self._file.read_all()
+    def _load(self, needles: tuple[bytes, ...] = ()) -> list[MetricRecord]:
+        records, bad, _torn = self._file.read_all(needles)
         if bad:
             numbers = ", ".join(str(b.line) for b in bad[:20])
             more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -69,7 +73,10 @@ class JsonlMetricsStore(BufferedStore):
         return records
 
     def _read(self, query: Query) -> list[MetricRecord]:
-        return query.apply(self._load())
+        # With a metric filter, decode only lines that can match (most of a big file is
+        # other metrics); a run filter alone rarely narrows a file enough to pay off.
+        needles = () if query.metric is None else (_json(query.metric), _json(query.run_id))
+        return query.apply(self._load(needles))
 
     async def scan(self) -> ScanReport:
         """Read the whole file and report every line that is not a valid record."""

@@ -63,25 +63,62 @@ class _BatchMark(msgspec.Struct, frozen=True, omit_defaults=True):
 _mark_decoder = msgspec.json.Decoder(_BatchMark)
 
 
-def parse_lines(data: bytes) -> tuple[list[MetricRecord], list[BadLine], bool]:
-    """Decode the complete lines of `data`; return records, bad lines and whether it is torn."""
+def parse_lines(
+    data: bytes, needles: tuple[bytes, ...] = ()
+) -> tuple[list[MetricRecord], list[BadLine], bool]:
+    """Decode the complete lines of `data`; return records, bad lines and whether it is torn.
+
+    With `needles`, only lines containing every needle are decoded (see `_select_lines`); a
+    record that could match the caller's filter is never left out.
+    """
     cut = data.rfind(b"\n") + 1
     body, torn = data[:cut], bool(data[cut:])
+    selected = _select_lines(body, needles)
+    if selected is not None:
+        chosen, starts = selected
+    else:
+        chosen, starts = body, None
     try:
-        return _record_decoder.decode_lines(body), [], torn  # the fast path: one call
+        return _record_decoder.decode_lines(chosen), [], torn  # the fast path: one call
     except msgspec.DecodeError:
         pass
     records: list[MetricRecord] = []
     bad: list[BadLine] = []
-    for number, line in enumerate(body.split(b"\n")[:-1], start=1):
+    for index, line in enumerate(chosen.split(b"\n")[:-1]):
         if not line.strip():
             continue
         try:
             records.append(_record_decoder.decode(line))
         except msgspec.DecodeError as error:
+            number = index + 1 if starts is None else body.count(b"\n", 0, starts[index]) + 1
             text = line[:200].decode("utf-8", errors="replace")
             bad.append(BadLine(number, str(error), text))
     return records, bad, torn
+
+
+def _select_lines(body: bytes, needles: tuple[bytes, ...]) -> tuple[bytes, list[int]] | None:
+    """The lines holding every needle (JSON-encoded strings), and where each line starts.
+
+    Sound because, in a line without a backslash, a JSON string can only be spelled one way:
+    a record whose metric is "loss" must contain the bytes `"loss"`. A body with any backslash
+    (an escaped string somewhere) is not filtered: None means "decode everything".
+    """
+    if not needles or b"\\" in body:
+        return None
+    first, rest = needles[0], needles[1:]
+    find, rfind = body.find, body.rfind
+    pieces: list[bytes] = []
+    starts: list[int] = []
+    position = 0
+    while (hit := find(first, position)) >= 0:
+        start = rfind(b"\n", 0, hit) + 1
+        end = find(b"\n", hit) + 1  # the body ends with a newline
+        line = body[start:end]
+        if all(needle in line for needle in rest):
+            pieces.append(line)
+            starts.append(start)
+        position = end
+    return b"".join(pieces), starts
 
 
 class JsonlFile:
@@ -238,12 +275,15 @@ class JsonlFile:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read_all(self) -> tuple[list[MetricRecord], list[BadLine], bool]:
+    def read_all(
+        self, needles: tuple[bytes, ...] = ()
+    ) -> tuple[list[MetricRecord], list[BadLine], bool]:
+        """Every record in the file (only lines holding all `needles`, when given)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return [], [], False
-        return parse_lines(data)
+        return parse_lines(data, needles)
 
     def rewrite_without(self, run_id: str) -> int:
         """Atomically replace the file by a copy without `run_id`'s records; keep bad lines."""

@@ -152,3 +152,23 @@ def test_writers_in_several_processes_never_interleave_lines(tmp_path: Path) -> 
     records = [decoder.decode(raw) for raw in data.splitlines()]  # every line is whole
     for n in range(3):
         assert sorted(r.step for r in records if r.run_id == f"p{n}") == list(range(40 * 64))
+
+
+async def test_a_metric_filter_never_misses_an_escaped_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    escaped = (
+        b'{"run_id":"run","metric":"lo\\u0073s","value":7.0,"step":7,'
+        b'"timestamp":"2025-01-01T00:00:00Z","metadata":{}}\n'
+    )
+    path.write_bytes(line(0) + escaped + line(1, run="other"))
+    async with JsonlMetricsStore(path) as store:
+        assert [r.step for r in await store.read("run", metric="loss")] == [0, 7]
+
+
+async def test_a_filtered_read_reports_true_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    bad = b'{"run_id":"run","metric":"loss","value":"oops"}\n'
+    path.write_bytes(line(0) + b"junk\n" + line(1) + bad + line(2))
+    async with JsonlMetricsStore(path) as store:
+        with pytest.warns(CorruptLinesWarning, match=r"line 4\b"):
+            assert [r.step for r in await store.read("run", metric="loss")] == [0, 1, 2]

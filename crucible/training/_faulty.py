@@ -236,6 +236,11 @@ class FaultyBackend:
             "save_weights_for_sampler", lambda: self.inner.save_weights_for_sampler(name)
         )
 
+    async def delete_checkpoint(self, path: str) -> Awaitable[None]:
+        return await self._source.run(
+            "delete_checkpoint", lambda: self.inner.delete_checkpoint(path)
+        )
+
     async def sampling_client(self, path: str | None = None) -> Awaitable[SamplingClient]:
         inner = await self._source.run("sampling_client", lambda: self.inner.sampling_client(path))
 

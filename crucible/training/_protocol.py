@@ -89,6 +89,10 @@ class TrainingBackend(Protocol):
         """Weights only, for ``sampling_client(path)``."""
         ...
 
+    async def delete_checkpoint(self, path: str) -> Awaitable[None]:
+        """Delete a state or sampler checkpoint; deleting a missing one is not an error."""
+        ...
+
     async def sampling_client(self, path: str | None = None) -> Awaitable[SamplingClient]:
         """A client over sampler weights at ``path``, or over a snapshot of the current
         weights (taken in submission order) when ``path`` is None."""

@@ -31,8 +31,13 @@ class _Worker:
     """One thread running submitted callables in order; shared by a backend and its samplers."""
 
     def __init__(self) -> None:
+        # Flush-to-zero is per-thread CPU state: set it on the worker only, where it avoids a
+        # 20-45% denormal slowdown, instead of changing float semantics for the whole process.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="crucible-local-backend"
+            max_workers=1,
+            thread_name_prefix="crucible-local-backend",
+            initializer=torch.set_flush_denormal,
+            initargs=(True,),
         )
         self._lock = threading.Lock()
         self._closed = False
@@ -77,7 +82,6 @@ class LocalBackend:
 
     def __init__(self, config: LocalBackendConfig | None = None) -> None:
         self.config = config if config is not None else LocalBackendConfig()
-        torch.set_flush_denormal(True)  # denormals slow small CPU matmuls by 20-45%
         if self.config.num_threads is not None:
             torch.set_num_threads(self.config.num_threads)
         self._engine = LocalEngine(self.config)
@@ -121,6 +125,9 @@ class LocalBackend:
         self, name: str
     ) -> BackendFuture[types.SaveWeightsForSamplerResponse]:
         return self._worker.submit(self._engine.save_weights_for_sampler, name)
+
+    async def delete_checkpoint(self, path: str) -> BackendFuture[None]:
+        return self._worker.submit(self._engine.delete_checkpoint, path)
 
     async def sampling_client(self, path: str | None = None) -> BackendFuture[LocalSamplingClient]:
         def build() -> LocalSamplingClient:

@@ -3,6 +3,7 @@ their Adam state. Only the backend's single worker thread calls into it, one op 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import uuid
@@ -117,7 +118,8 @@ class LocalEngine:
             )
             if not 1 <= len(tokens) <= context:
                 raise InvalidDatum(
-                    f"datum {index} has {len(tokens)} input tokens; the model takes 1 to {context}"
+                    f"datum {index} has {len(tokens)} input tokens; the context length allows 1 to "
+                    f"{context}"
                 )
             if len(targets) != len(tokens) or len(weights) != len(tokens):
                 raise InvalidDatum(
@@ -280,6 +282,12 @@ class LocalEngine:
         self.optimizer = optimizer
         self.step = int(payload["step"])
         return types.LoadWeightsResponse(path=str(path), model_id=self.model_id)
+
+    def delete_checkpoint(self, path_text: str) -> None:
+        file = CheckpointPath.parse(path_text).file(self.config.checkpoint_root)
+        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder may still hold the other kind
+            file.parent.rmdir()
 
     # ---- sampling ------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ previous file or the new one, never a torn one.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -18,6 +17,7 @@ from typing import Any, Final, Literal
 import attrs
 import torch
 
+from crucible.training._durable import replace_atomically
 from crucible.training._errors import (
     CheckpointCorrupt,
     CheckpointNotFound,
@@ -72,22 +72,8 @@ class CheckpointPath:
 
 
 def write_atomically(payload: dict[str, Any], destination: Path) -> None:
-    """torch.save ``payload`` to ``destination`` so readers see the old or the new file only."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(destination.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    """torch.save ``payload`` so readers see the old or the new file only."""
+    replace_atomically(destination, lambda handle: torch.save(payload, handle))
 
 
 def read_checkpoint(path: CheckpointPath, root: Path, expected_format: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import anyio
 import msgspec
 import pytest
-from actor_kit import Add, Counter, Crash, Echo, Get, Hold, Note, Recorder, Seen
 
 from crucible.actors import (
     Actor,
@@ -19,6 +18,8 @@ from crucible.actors import (
     handler,
     open_runtime,
 )
+
+from .actor_kit import Add, Counter, Crash, Echo, Get, Hold, Note, Recorder, Seen
 
 pytestmark = pytest.mark.anyio
 

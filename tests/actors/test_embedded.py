@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from actor_kit import Add, Counter, Crash, Get
 
 from crucible.actors import ActorCrashed, ActorDead, Backoff, ChildSpec, embedded
+
+from .actor_kit import Add, Counter, Crash, Get
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

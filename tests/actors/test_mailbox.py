@@ -5,9 +5,10 @@ from __future__ import annotations
 import anyio
 import pytest
 import sniffio
-from actor_kit import Get, Hold, Note, Recorder
 
 from crucible.actors import MailboxFull, Overflow, open_runtime
+
+from .actor_kit import Get, Hold, Note, Recorder
 
 pytestmark = pytest.mark.anyio
 

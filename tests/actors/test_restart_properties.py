@@ -7,7 +7,6 @@ must be gone, and whether the supervisor must have escalated; the real runtime m
 from __future__ import annotations
 
 import pytest
-from actor_kit import Counter, Crash, StopNormally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,8 @@ from crucible.actors import (
     RestartIntensityExceeded,
     open_runtime,
 )
+
+from .actor_kit import Counter, Crash, StopNormally
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from actor_kit import Counter, Crash, EventWatcher, Get, Logged, StopNormally, factory
 
 from crucible.actors import (
     Actor,
@@ -25,6 +24,8 @@ from crucible.actors import (
     handler,
     open_runtime,
 )
+
+from .actor_kit import Add, Counter, Crash, EventWatcher, Get, Logged, StopNormally, factory
 
 pytestmark = pytest.mark.anyio
 
@@ -46,19 +47,13 @@ async def test_crash_restarts_a_fresh_incarnation_reachable_by_name() -> None:
         await rt.supervise([ChildSpec("counter", Counter, name="counter")], backoff=Backoff.none())
         old = rt.whereis("counter")
         assert old is not None
-        await old.cast(_add(5))
+        await old.cast(Add(5))
         assert await old.call(Get()) == 5
         await _crash(rt, "counter")
         await watch.wait_for("restarted", 1)
         new = rt.whereis("counter")
         assert new is not None and new is not old and new.alive
         assert await new.call(Get()) == 0  # fresh state from init
-
-
-def _add(n: int):  # type: ignore[no-untyped-def]
-    from actor_kit import Add
-
-    return Add(n)
 
 
 @pytest.mark.parametrize(

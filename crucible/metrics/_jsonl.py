@@ -75,7 +75,7 @@ class JsonlMetricsStore(BufferedStore):
     def _read(self, query: Query) -> list[MetricRecord]:
         # With a metric filter, decode only lines that can match (most of a big file is
         # other metrics); a run filter alone rarely narrows a file enough to pay off.
-        needles = () if query.metric is None else (_json(query.metric), _json(query.run_id))
+        needles = () if query.metric is None else (_json(query.metric),)
         return query.apply(self._load(needles))
 
     async def scan(self) -> ScanReport:

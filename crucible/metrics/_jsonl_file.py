@@ -68,7 +68,7 @@ def parse_lines(
 ) -> tuple[list[MetricRecord], list[BadLine], bool]:
     """Decode the complete lines of `data`; return records, bad lines and whether it is torn.
 
-    With `needles`, only lines containing every needle are decoded (see `_select_lines`); a
+    With `needles`, only lines containing the first needle are decoded (see `_select_lines`); a
     record that could match the caller's filter is never left out.
     """
     cut = data.rfind(b"\n") + 1
@@ -97,27 +97,26 @@ def parse_lines(
 
 
 def _select_lines(body: bytes, needles: tuple[bytes, ...]) -> tuple[bytes, list[int]] | None:
-    """The lines holding every needle (JSON-encoded strings), and where each line starts.
+    """The lines holding the first needle (a JSON-encoded string), and where each starts.
 
+    The caller filters the decoded records exactly; this only spares decoding lines that
+    cannot match.
     Sound because, in a line without a backslash, a JSON string can only be spelled one way:
     a record whose metric is "loss" must contain the bytes `"loss"`. A body with any backslash
     (an escaped string somewhere) is not filtered: None means "decode everything".
     """
     if not needles or b"\\" in body:
         return None
-    first, rest = needles[0], needles[1:]
+    needle = needles[0]
     find, rfind = body.find, body.rfind
     pieces: list[bytes] = []
     starts: list[int] = []
     position = 0
-    while (hit := find(first, position)) >= 0:
+    while (hit := find(needle, position)) >= 0:
         start = rfind(b"\n", 0, hit) + 1
-        end = find(b"\n", hit) + 1  # the body ends with a newline
-        line = body[start:end]
-        if all(needle in line for needle in rest):
-            pieces.append(line)
-            starts.append(start)
-        position = end
+        position = find(b"\n", hit) + 1  # the body ends with a newline
+        pieces.append(body[start:position])
+        starts.append(start)
     return b"".join(pieces), starts
 
 

@@ -47,26 +47,23 @@ class MetricRecord(msgspec.Struct, frozen=True, gc=False):
     metadata: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
-        _check_name("run_id", self.run_id)
-        _check_name("metric", self.metric)
-        value: object = self.value
-        if type(value) is not float:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidRecord("value", f"must be a real number, got {_kind(value)}")
-            try:
-                _set(self, "value", float(value))
-            except OverflowError:
-                raise InvalidRecord("value", "integer too large for a float") from None
-        if not math.isfinite(self.value):
-            raise InvalidRecord("value", f"must be finite, got {self.value!r}")
-        step: object = self.step
-        if step is not None:
-            if type(step) is not int:
-                raise InvalidRecord("step", f"must be an int or None, got {_kind(step)}")
-            if not 0 <= step <= _MAX_STEP:
-                raise InvalidRecord("step", f"must be between 0 and 2**63-1, got {step}")
-        _check_timestamp(self)
-        _check_metadata(self)
+        # One fast test per field for the common, valid case (this runs for every record
+        # read back from disk too); the slow path explains what is wrong.
+        run_id, metric, value, step = self.run_id, self.metric, self.value, self.step
+        if type(run_id) is not str or not run_id or "\x00" in run_id:
+            _check_name("run_id", run_id)
+        if type(metric) is not str or not metric or "\x00" in metric:
+            _check_name("metric", metric)
+        # value - value is 0.0 for every finite float, NaN for NaN and the infinities.
+        if type(value) is not float or value - value != 0.0:
+            _check_value(self)
+        if step is not None and (type(step) is not int or not 0 <= step <= _MAX_STEP):
+            _check_step(step)
+        timestamp = self.timestamp
+        if type(timestamp) is not datetime or timestamp.tzinfo is not UTC:
+            _check_timestamp(self)
+        if self.metadata or type(self.metadata) is not dict:
+            _check_metadata(self)
 
 
 class MetricSummary(msgspec.Struct, frozen=True):
@@ -115,6 +112,25 @@ def _kind(value: object) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
+def _check_value(record: MetricRecord) -> None:
+    value: object = record.value
+    if type(value) is not float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRecord("value", f"must be a real number, got {_kind(value)}")
+        try:
+            _set(record, "value", float(value))
+        except OverflowError:
+            raise InvalidRecord("value", "integer too large for a float") from None
+    if not math.isfinite(record.value):
+        raise InvalidRecord("value", f"must be finite, got {record.value!r}")
+
+
+def _check_step(step: object) -> None:
+    if type(step) is not int:
+        raise InvalidRecord("step", f"must be an int or None, got {_kind(step)}")
+    raise InvalidRecord("step", f"must be between 0 and 2**63-1, got {step}")
+
+
 def _check_name(field: str, value: object) -> None:
     if type(value) is not str:
         raise InvalidRecord(field, f"must be a string, got {_kind(value)}")
@@ -145,8 +161,6 @@ def _check_metadata(record: MetricRecord) -> None:
     metadata: object = record.metadata
     if not isinstance(metadata, dict):
         raise InvalidRecord("metadata", f"must be a dict, got {_kind(metadata)}")
-    if not metadata:
-        return
     if not all(type(key) is str for key in metadata):
         raise InvalidRecord("metadata", "keys must be strings")
     try:

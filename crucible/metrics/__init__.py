@@ -5,6 +5,8 @@ a bare path, `sqlite:///path.db`, `postgresql://...`); every adapter implements 
 `MetricsStore` protocol and passes the same contract tests. See docs/metrics.md.
 """
 
+from typing import TYPE_CHECKING
+
 from ._errors import (
     CorruptLinesWarning,
     InvalidRecord,
@@ -35,6 +37,9 @@ from ._streaming import (
     StreamingMetrics,
     StreamingSnapshot,
 )
+
+if TYPE_CHECKING:  # imported lazily below: it needs asyncpg, the `postgres` extra
+    from ._postgres import PostgresMetricsStore
 
 __all__ = [
     "BadLine",

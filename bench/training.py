@@ -1,0 +1,148 @@
+"""Training benchmarks: ``python -m bench.training``.
+
+1. Local backend throughput: tokens/s of forward_backward (and of a full train step) on the
+   default model, called directly on the engine (the baseline: plain torch, same thread) and
+   through LocalBackend's async two-stage API (worker thread, futures). The ratio is the cost of
+   keeping torch off the event loop.
+2. Session overhead (200 train steps through the Session actor vs calling a 50 ms-per-op
+   backend directly): added with the Session actor, see ``session_overhead`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import anyio
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from tinker import types
+
+from crucible.recipes._tasks import default_task_split
+from crucible.training.local import ByteTokenizer, LocalBackend, LocalBackendConfig
+from crucible.training.local._engine import LocalEngine
+
+ADAM = types.AdamParams(learning_rate=3e-3)
+
+
+def chat_batch(size: int) -> list[types.Datum]:
+    """``size`` default-task conversations in a simple chat markup, loss on the answer only."""
+    tokenizer = ByteTokenizer()
+    data = []
+    for example in default_task_split().train[:size]:
+        prompt = tokenizer.encode(f"<|bos|><|user|>{example.prompt}<|end|><|assistant|>")
+        answer = tokenizer.encode(f"{example.answer}<|end|>")
+        tokens = prompt + answer
+        weights = [0.0] * (len(prompt) - 1) + [1.0] * len(answer)
+        data.append(
+            types.Datum(
+                model_input=types.ModelInput.from_ints(tokens[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": types.TensorData.from_numpy(np.asarray(tokens[1:])),
+                    "weights": types.TensorData.from_numpy(np.asarray(weights, np.float32)),
+                },
+            )
+        )
+    return data
+
+
+def tokens_in(data: Sequence[types.Datum]) -> int:
+    return sum(datum.model_input.length for datum in data)
+
+
+async def measure(
+    modes: Mapping[str, Callable[[], Awaitable[None]]], steps: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds per op of each mode over ``rounds`` rounds of ``steps`` ops.
+
+    Modes take turns within every round, so a load spike from other processes on the shared
+    machine hits all of them alike instead of skewing one."""
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode, run_op in modes.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                await run_op()
+            samples[mode].append((time.perf_counter() - started) / steps)
+    return {mode: statistics.median(values) for mode, values in samples.items()}
+
+
+async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) -> dict[str, float]:
+    """Seconds per op for each mode; the direct (baseline) modes call the engine inline."""
+    data = chat_batch(batch_size)
+    config = LocalBackendConfig(checkpoint_root=root, run_id="bench")
+    engine = LocalEngine(config)  # the baseline: plain torch in this thread
+
+    async def direct_fwd_bwd() -> None:
+        engine.forward_backward(data, "cross_entropy")
+        engine.optimizer.zero_grad(set_to_none=True)
+
+    async def direct_train_step() -> None:
+        engine.forward_backward(data, "cross_entropy")
+        engine.optim_step(ADAM)
+
+    async with LocalBackend(config) as backend:
+
+        async def backend_fwd_bwd() -> None:
+            await (await backend.forward_backward(data))
+
+        async def backend_train_step() -> None:
+            fwd_bwd = await backend.forward_backward(data)
+            optim = await backend.optim_step(ADAM)  # pipelined, as a recipe does
+            await fwd_bwd
+            await optim
+
+        modes = {
+            "forward_backward, direct (baseline)": direct_fwd_bwd,
+            "forward_backward, LocalBackend": backend_fwd_bwd,
+            "train step, direct (baseline)": direct_train_step,
+            "train step, LocalBackend": backend_train_step,
+        }
+        await measure(modes, steps=2, rounds=1)  # warm up
+        return await measure(modes, steps, rounds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Crucible training benchmarks")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="ops per mode per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as LocalBackend's worker thread does
+
+    with tempfile.TemporaryDirectory() as root:
+        results = anyio.run(local_throughput, args.batch_size, args.steps, args.rounds, root)
+    tokens = tokens_in(chat_batch(args.batch_size))
+    table = Table(
+        title=f"local backend, crucible/tiny-2l-128, LoRA r16, batch {args.batch_size} "
+        f"({tokens} tokens), median of {args.rounds} rounds x {args.steps} ops, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+    )
+    for column in ("mode", "ms/op", "tokens/s", "vs direct"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, seconds in results.items():
+        baseline = results[mode.split(",")[0] + ", direct (baseline)"]
+        table.add_row(
+            mode, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{seconds / baseline:.3f}x"
+        )
+    Console().print(table)
+    session_overhead()
+
+
+def session_overhead() -> None:
+    """Placeholder for the Session actor benchmark (issue 6 §6, first half): 200 train steps
+    through the Session actor against a backend that sleeps 50 ms per op, vs the same backend
+    called directly; print the overhead per step (target <= 1%). Lands with the Session."""
+    print("session overhead: not measured yet (needs the Session actor)")
+
+
+if __name__ == "__main__":
+    main()

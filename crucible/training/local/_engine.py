@@ -16,12 +16,14 @@ import torch
 from tinker import types
 
 from crucible.training._errors import (
+    CheckpointCorrupt,
     CheckpointMismatch,
     InvalidDatum,
     UnsupportedLossFn,
 )
 from crucible.training.local._base_models import DEFAULT_BASE_MODEL, load_base_model
 from crucible.training.local._files import (
+    CheckpointKind,
     CheckpointPath,
     check_segment,
     read_checkpoint,
@@ -213,9 +215,8 @@ class LocalEngine:
     def _identity(self) -> dict[str, Any]:
         return {"base_model": self.config.base_model, "lora": attrs.asdict(self.config.lora)}
 
-    def _path(self, kind: str, name: str) -> CheckpointPath:
-        check_segment(name, "checkpoint name")
-        return CheckpointPath.parse(f"local://{self.config.run_id}/{kind}/{name}")
+    def _path(self, kind: CheckpointKind, name: str) -> CheckpointPath:
+        return CheckpointPath(self.config.run_id, kind, check_segment(name, "checkpoint name"))
 
     def save_state(self, name: str) -> types.SaveWeightsResponse:
         path = self._path("weights", name)
@@ -241,6 +242,9 @@ class LocalEngine:
         return types.SaveWeightsForSamplerResponse(path=str(path))
 
     def _check_identity(self, path: CheckpointPath, payload: dict[str, Any]) -> None:
+        missing = sorted({"step", "lora_state"} - payload.keys())
+        if missing:
+            raise CheckpointCorrupt(f"checkpoint {path} lacks {', '.join(missing)}")
         expected = self._identity()
         found = {key: payload.get(key) for key in expected}
         if found != expected:

@@ -218,28 +218,26 @@ class LocalEngine:
     def _path(self, kind: CheckpointKind, name: str) -> CheckpointPath:
         return CheckpointPath(self.config.run_id, kind, check_segment(name, "checkpoint name"))
 
-    def save_state(self, name: str) -> types.SaveWeightsResponse:
-        path = self._path("weights", name)
-        payload = {
-            "format": STATE_FORMAT,
+    def _write(self, kind: CheckpointKind, name: str) -> CheckpointPath:
+        """Write a checkpoint: the adapter weights and step, plus the Adam state for a state
+        checkpoint (a sampler checkpoint needs the weights only)."""
+        path = self._path(kind, name)
+        payload: dict[str, Any] = {
+            "format": STATE_FORMAT if kind == "weights" else SAMPLER_FORMAT,
             **self._identity(),
             "step": self.step,
             "lora_state": lora_state_dict(self.model),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
         }
+        if kind == "weights":
+            payload["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         write_atomically(payload, path.file(self.config.checkpoint_root))
-        return types.SaveWeightsResponse(path=str(path))
+        return path
+
+    def save_state(self, name: str) -> types.SaveWeightsResponse:
+        return types.SaveWeightsResponse(path=str(self._write("weights", name)))
 
     def save_weights_for_sampler(self, name: str) -> types.SaveWeightsForSamplerResponse:
-        path = self._path("sampler_weights", name)
-        payload = {
-            "format": SAMPLER_FORMAT,
-            **self._identity(),
-            "step": self.step,
-            "lora_state": lora_state_dict(self.model),
-        }
-        write_atomically(payload, path.file(self.config.checkpoint_root))
-        return types.SaveWeightsForSamplerResponse(path=str(path))
+        return types.SaveWeightsForSamplerResponse(path=str(self._write("sampler_weights", name)))
 
     def _check_identity(self, path: CheckpointPath, payload: dict[str, Any]) -> None:
         missing = sorted({"step", "lora_state"} - payload.keys())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from crucible.training import (
     LatencyDistribution,
     TrainingBackend,
 )
+from crucible.training.local import LocalBackend, LocalBackendConfig
 
 from .training_kit import ADAM, TINY_TASK, TOKENIZER, RecordingBackend
 
@@ -166,3 +169,16 @@ def test_rejects_bad_parameters() -> None:
         FaultyBackend(RecordingBackend(), seed=0, rate=1.5)
     with pytest.raises(ValueError, match="kinds"):
         FaultyBackend(RecordingBackend(), seed=0, rate=0.1, kinds=["gremlins"])  # type: ignore[list-item]
+
+
+async def test_wraps_the_local_backend(make_config: Callable[..., LocalBackendConfig]) -> None:
+    inner = LocalBackend(make_config())
+    faulty = FaultyBackend(
+        inner, seed=0, rate=1.0, kinds=["applied_then_failed"], ops=["optim_step"]
+    )
+    async with inner:
+        await (await faulty.forward_backward(TINY_TASK))
+        optim = await faulty.optim_step(ADAM)
+        with pytest.raises(BackendOpFailed):
+            await optim
+        assert inner.step == 1  # applied, though the caller was told it failed

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +179,36 @@ async def test_export_import_round_trip(tmp_path: Path) -> None:
 def test_config_hash_ignores_key_order(config: dict[str, Any]) -> None:
     reordered = dict(reversed(list(config.items())))
     assert config_hash(reordered) == config_hash(config)
+
+
+REGISTER_FOREVER = textwrap.dedent(
+    """
+    import sys
+    from crucible.training import RegistryStore
+
+    store = RegistryStore(sys.argv[1])
+    for i in range(10_000):
+        record = store.register(
+            f"m{i}", "1", "base", "sl_basic", {"i": i}, f"local://r/sampler_weights/{i}"
+        )
+        print(record.id, flush=True)
+    """
+)
+
+
+def test_registered_models_survive_a_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", REGISTER_FOREVER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    acknowledged = [int(child.stdout.readline()) for _ in range(20)]
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    store = RegistryStore(path)  # as the next process opens it
+    try:
+        ids = {record.id for record in store.list_models()}
+        assert set(acknowledged) <= ids  # every acknowledged registration is durable
+        assert store.get(acknowledged[-1]).training_config == {"i": len(acknowledged) - 1}
+    finally:
+        store.close()

@@ -11,11 +11,14 @@ rules in SQL, and the contract tests check that the answers are identical:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import attrs
 import numpy as np
+
+from crucible.stats import RunningStats
 
 from ._errors import MetricNotFound
 from ._record import MetricRecord, MetricSummary
@@ -128,15 +131,17 @@ def summarize(run_id: str, metric: str, ordered: Sequence[MetricRecord]) -> Metr
     if not ordered:
         raise MetricNotFound(run_id, metric)
     values = np.fromiter((r.value for r in ordered), dtype=np.float64, count=len(ordered))
+    stats = RunningStats.of(values)  # records are validated finite: nothing is left out
     steps = [r.step for r in ordered if r.step is not None]
+    std = stats.std(ddof=1)
     return MetricSummary(
         run_id=run_id,
         metric=metric,
-        count=len(ordered),
-        mean=float(values.mean()),
-        std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        min=float(values.min()),
-        max=float(values.max()),
+        count=stats.count,
+        mean=float(stats.mean if stats.mean is not None else math.nan),
+        std=0.0 if std is None else float(std),
+        min=float(stats.min if stats.min is not None else math.nan),
+        max=float(stats.max if stats.max is not None else math.nan),
         last=ordered[-1].value,
         first_step=min(steps) if steps else None,
         last_step=max(steps) if steps else None,

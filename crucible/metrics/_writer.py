@@ -10,8 +10,11 @@ durability while one sync runs is served by the next one: that is the group comm
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 import time
+import weakref
 from typing import Protocol
 
 import attrs
@@ -38,6 +41,18 @@ class BatchSink(Protocol):
         """Make everything written so far durable."""
 
 
+# Writers still open when the interpreter exits are flushed then, so a script that forgets
+# close() loses nothing buffered (their threads are daemons and would simply vanish).
+_open_writers: weakref.WeakSet[GroupCommitWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    for writer in list(_open_writers):
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
 class GroupCommitWriter:
     """Owns the writer thread; `enqueue` returns a ticket to `wait` on."""
 
@@ -62,6 +77,7 @@ class GroupCommitWriter:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _open_writers.add(self)
 
     @property
     def enqueued(self) -> int:
@@ -106,6 +122,7 @@ class GroupCommitWriter:
 
     def close(self) -> None:
         """Write and sync everything buffered, then stop the thread."""
+        _open_writers.discard(self)
         with self._cond:
             self._closing = True
             self._sync_wanted = self._enqueued

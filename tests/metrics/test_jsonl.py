@@ -172,3 +172,17 @@ async def test_a_filtered_read_reports_true_line_numbers(tmp_path: Path) -> None
     async with JsonlMetricsStore(path) as store:
         with pytest.warns(CorruptLinesWarning, match=r"line 4\b"):
             assert [r.step for r in await store.read("run", metric="loss")] == [0, 1, 2]
+
+
+def test_a_script_that_forgets_close_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    script = (
+        "import sys\n"
+        "from crucible.metrics import JsonlMetricsStore\n"
+        "store = JsonlMetricsStore(sys.argv[1], flush_interval=3600)\n"
+        "for step in range(1000):\n"
+        "    store.sync.record('run', 'loss', 1.0, step=step)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, timeout=60)
+    assert len(path.read_bytes().splitlines()) == 1000

@@ -24,7 +24,7 @@ from ._mailbox import Overflow
 from ._reason import ExitReason
 from ._ref import ActorRef
 from ._restart import Backoff, RestartIntensity
-from ._runtime import Runtime, RuntimeEvent, open_runtime
+from ._runtime import NamedRef, Runtime, RuntimeEvent, open_runtime
 from ._supervisor import (
     ChildCounts,
     ChildInfo,
@@ -56,6 +56,7 @@ __all__ = [
     "ExitReason",
     "MailboxFull",
     "NameTaken",
+    "NamedRef",
     "Overflow",
     "Request",
     "RestartIntensity",

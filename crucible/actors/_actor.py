@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 import msgspec
 
 from ._mailbox import OVERFLOW_POLICIES, Overflow
-from ._reason import ExitReason
+from ._reason import ExitReason, crashed
 
 if TYPE_CHECKING:
     from ._cell import Cell
@@ -171,6 +171,16 @@ class Actor(Generic[State]):
     def stop(self) -> None:
         """Stop normally after the current message (``terminate`` then runs with ``normal``)."""
         self._running_cell().request_stop(None)
+
+    def crash(self, error: BaseException) -> None:
+        """Crash after the current message, exactly as if a handler had raised ``error``
+        (for failures noticed outside a handler, e.g. in a task from ``start_soon``)."""
+        self._running_cell().request_stop(crashed(error))
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in a task owned by this actor: it is cancelled when the actor
+        stops, and if it raises, the actor crashes with that error."""
+        self._running_cell().start_linked_task(fn, *args)
 
     def _running_cell(self) -> Cell:
         if self._cell is None:

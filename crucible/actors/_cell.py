@@ -8,7 +8,7 @@ caller still waiting with ``ActorDead`` and then tells whoever started it (``on_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -264,6 +264,18 @@ class Cell:
         timer = Timer()
         self._tg.start_soon(timer.run, delay, interval, lambda: self.mailbox.put_system(message))
         return timer
+
+    def start_linked_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._tg is None or not self.alive:
+            raise ActorDead(f"{self.label} is not running")
+
+        async def linked() -> None:
+            try:
+                await fn(*args)
+            except Exception as exc:
+                self.request_stop(crashed(exc))
+
+        self._tg.start_soon(linked)
 
     async def start_linked(self, child: Cell) -> ActorRef[Any]:
         """Start ``child`` inside this actor's task group (a supervisor's children)."""

@@ -55,6 +55,7 @@ class Runtime:
         self._roots: list[Cell] = []
         self._listeners: list[Listener] = []
         self._closing = False
+        self._name_waiters: dict[str, list[anyio.Event]] = {}
         self.deadlines = Deadlines()
 
     # -- starting actors ---------------------------------------------------------------------
@@ -138,6 +139,8 @@ class Runtime:
         if holder is not None and holder is not cell and holder.alive:
             raise NameTaken(f"the name {name!r} is already registered to {holder.ref!r}")
         self._names[name] = cell
+        for waiter in self._name_waiters.pop(name, ()):
+            waiter.set()
 
     def unregister(self, name: str) -> None:
         self._names.pop(name, None)
@@ -146,6 +149,19 @@ class Runtime:
         """The live actor registered under ``name``, or None."""
         cell = self._names.get(name)
         return cell.ref if cell is not None and cell.alive else None
+
+    async def lookup(self, name: str, timeout: float | None = 5.0) -> ActorRef[Any]:
+        """The live actor registered under ``name``, waiting up to ``timeout`` seconds for one
+        (e.g. while a supervisor restarts it). Raises LookupError naming the name after that."""
+        with anyio.move_on_after(timeout):
+            while True:
+                ref = self.whereis(name)
+                if ref is not None:
+                    return ref
+                registered = anyio.Event()
+                self._name_waiters.setdefault(name, []).append(registered)
+                await registered.wait()
+        raise LookupError(f"no live actor registered as {name!r} within {timeout}s")
 
     def registered(self) -> list[str]:
         return sorted(n for n, c in self._names.items() if c.alive)
@@ -224,3 +240,34 @@ async def open_runtime() -> AsyncIterator[Runtime]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from group.exceptions[0].__cause__
         raise
+
+
+class NamedRef:
+    """Reaches whichever actor is registered under ``name`` at each operation, waiting up to
+    ``timeout`` seconds for one (a supervised child being restarted), so a handle given out
+    once keeps working across restarts. A call that reached an incarnation which then died is
+    not resent: it raises as ``ActorRef.call`` does."""
+
+    __slots__ = ("name", "runtime", "timeout")
+
+    def __init__(self, runtime: Runtime, name: str, *, timeout: float | None = 5.0) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<NamedRef {self.name!r}>"
+
+    async def call(self, message: Any, timeout: float | None = 5.0) -> Any:
+        ref = await self.runtime.lookup(self.name, self.timeout)
+        return await ref.call(message, timeout=timeout)
+
+    async def cast(self, message: Any) -> None:
+        ref = await self.runtime.lookup(self.name, self.timeout)
+        await ref.cast(message)
+
+    def send_info(self, message: Any) -> None:
+        ref = self.runtime.whereis(self.name)
+        if ref is None:
+            raise LookupError(f"no live actor registered as {self.name!r}")
+        ref.send_info(message)

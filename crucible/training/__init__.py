@@ -76,6 +76,18 @@ from crucible.training._registry_store import (
     Stage,
     config_hash,
 )
+from crucible.training._session import (
+    BackendFactory,
+    Journal,
+    Operation,
+    OperationTimedOut,
+    Session,
+    SessionClient,
+    SessionSamplingClient,
+    SessionStatus,
+    TrainingFailed,
+)
+from crucible.training._tree import TrainingTree, open_training
 
 __all__ = [
     "FAULT_KINDS",
@@ -86,6 +98,7 @@ __all__ = [
     "BackendClosed",
     "BackendCrashed",
     "BackendError",
+    "BackendFactory",
     "BackendFuture",
     "BackendOpFailed",
     "BestCheckpoint",
@@ -115,6 +128,7 @@ __all__ = [
     "InvalidDatum",
     "InvalidPromotion",
     "InvalidStep",
+    "Journal",
     "LatencyDistribution",
     "LatestCheckpoint",
     "ListCheckpoints",
@@ -127,6 +141,8 @@ __all__ = [
     "ModelRegistry",
     "ModelRegistryClient",
     "NoCheckpoints",
+    "Operation",
+    "OperationTimedOut",
     "Promote",
     "PruneCheckpoints",
     "Register",
@@ -135,11 +151,18 @@ __all__ = [
     "RetryPolicy",
     "SamplingClient",
     "SaveCheckpoint",
+    "Session",
+    "SessionClient",
+    "SessionSamplingClient",
+    "SessionStatus",
     "Stage",
     "Tokenizer",
     "TrainingBackend",
+    "TrainingFailed",
+    "TrainingTree",
     "UnknownBaseModel",
     "UnsupportedLossFn",
     "UpdateMetrics",
     "config_hash",
+    "open_training",
 ]

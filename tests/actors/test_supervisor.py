@@ -16,6 +16,7 @@ from crucible.actors import (
     ChildRunning,
     ChildSpec,
     ExitReason,
+    NamedRef,
     NameTaken,
     RestartIntensityExceeded,
     Strategy,
@@ -331,3 +332,38 @@ def test_child_spec_validation() -> None:
         Supervisor([], strategy="all_for_none")  # type: ignore[arg-type]
     with pytest.raises(ChildAlreadyExists):
         Supervisor([ChildSpec("x", Counter), ChildSpec("x", Counter)])
+
+
+async def test_lookup_waits_for_the_restarted_child_and_named_refs_follow_it() -> None:
+    async with open_runtime() as rt:
+        await rt.supervise([ChildSpec("c", Counter, name="c")], backoff=Backoff(0.05, 0.05))
+        named = NamedRef(rt, "c")
+        await named.cast(Add(3))
+        assert await named.call(Get()) == 3
+        await _crash(rt, "c")
+        assert rt.whereis("c") is None  # waiting out its 50 ms backoff
+        fresh = await rt.lookup("c", timeout=5)
+        assert await fresh.call(Get()) == 0
+        assert await named.call(Get()) == 0
+        with pytest.raises(LookupError, match="'nobody'"):
+            await rt.lookup("nobody", timeout=0.01)
+
+
+async def test_a_failing_linked_task_crashes_its_actor() -> None:
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_WithTask())
+        reason = await ref.wait()
+        assert reason.kind == "crashed"
+        assert str(reason.error) == "background work failed"
+
+
+class _WithTask(Actor[None]):
+    async def init(self) -> None:
+        self.start_soon(self._work)
+
+    async def _work(self) -> None:
+        raise OSError("background work failed")
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0

@@ -1,0 +1,131 @@
+"""``open_training``: the supervision tree of one training run.
+
+    rest_for_one [metrics, registry, checkpoints, session]
+
+A restarted checkpoint manager restarts the session after it; a session crash restarts only
+the session (which reloads the last state checkpoint and replays). Checkpoints are saved
+through the session client, so a state checkpoint is ordered with the training operations
+and becomes the point replays start from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+
+from crucible.actors import (
+    ActorRef,
+    Backoff,
+    ChildSpec,
+    NamedRef,
+    Runtime,
+    RuntimeEvent,
+    SupervisorRef,
+)
+from crucible.metrics import StreamingMetrics
+from crucible.training._checkpoint_manager import CheckpointManager, CheckpointManagerClient
+from crucible.training._registry import ModelRegistry, ModelRegistryClient
+from crucible.training._session import BackendFactory, Journal, Session, SessionClient
+
+
+@attrs.frozen
+class TrainingTree:
+    """Handles to the running tree. ``session`` is a TrainingBackend."""
+
+    session: SessionClient
+    checkpoints: CheckpointManagerClient
+    registry: ModelRegistryClient
+    metrics: Any  # ActorRef[StreamingMetrics]
+    supervisor: SupervisorRef
+    journal: Journal
+
+    @property
+    def restarts(self) -> int:
+        """How many times the session was rebuilt after a failure."""
+        return max(self.journal.incarnations - 1, 0)
+
+
+def _named(runtime: Runtime, name: str) -> ActorRef[Any]:
+    # NamedRef offers the call/cast surface the typed clients use.
+    return cast("ActorRef[Any]", NamedRef(runtime, name, timeout=30.0))
+
+
+@asynccontextmanager
+async def open_training(
+    runtime: Runtime,
+    make_backend: BackendFactory,
+    log_dir: Path | str,
+    *,
+    registry_path: Path | str | None = None,
+    resume_from: str | None = None,
+    name: str = "training",
+    max_restarts: int = 10,
+    max_seconds: float = 60.0,
+    backoff: Backoff | None = None,
+    op_timeout: float = 120.0,
+    max_checkpoints: int | None = None,
+) -> AsyncIterator[TrainingTree]:
+    """Start the tree under ``runtime``; leaving the block stops it (newest first).
+
+    ``make_backend(n)`` builds the backend of the session's n-th incarnation; ``resume_from``
+    is a state checkpoint path to start from. When the tree exceeds ``max_restarts`` within
+    ``max_seconds`` it stops, and every pending operation fails with TrainingFailed naming
+    the last failure.
+    """
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(make_backend, base=resume_from)
+    session_name = f"{name}.session"
+    session = SessionClient(runtime, session_name, journal)
+    registry_file = Path(registry_path) if registry_path else log_dir / "registry.sqlite"
+
+    def escalated(event: RuntimeEvent) -> None:
+        if event.kind == "escalated" and event.actor == f"Supervisor({name!r})":
+            journal.give_up(event.reason.error if event.reason else None)
+
+    runtime.add_listener(escalated)
+    supervisor = await runtime.supervise(
+        [
+            ChildSpec("metrics", StreamingMetrics, name=f"{name}.metrics"),
+            ChildSpec("registry", lambda: ModelRegistry(registry_file), name=f"{name}.registry"),
+            ChildSpec(
+                "checkpoints",
+                lambda: CheckpointManager(
+                    log_dir, lambda: session, max_checkpoints=max_checkpoints
+                ),
+                name=f"{name}.checkpoints",
+                shutdown=30.0,
+            ),
+            ChildSpec(
+                "session",
+                lambda: Session(journal, op_timeout=op_timeout),
+                name=session_name,
+                shutdown=30.0,
+            ),
+        ],
+        strategy="rest_for_one",
+        max_restarts=max_restarts,
+        max_seconds=max_seconds,
+        backoff=backoff or Backoff(initial=0.01, maximum=1.0),
+        name=name,
+    )
+    try:
+        yield TrainingTree(
+            session=session,
+            # Named refs, so the handles keep working after the children restart.
+            checkpoints=CheckpointManagerClient(_named(runtime, f"{name}.checkpoints")),
+            registry=ModelRegistryClient(_named(runtime, f"{name}.registry")),
+            metrics=NamedRef(runtime, f"{name}.metrics"),
+            supervisor=supervisor,
+            journal=journal,
+        )
+    finally:
+        runtime.remove_listener(escalated)
+        if supervisor.ref.alive:
+            await supervisor.stop()
+        if journal.failure is None and any(not e.done for e in journal.entries):
+            journal.give_up(None)

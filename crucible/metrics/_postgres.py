@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,6 +116,15 @@ def _timescale_outside_transaction(s: str, retention: timedelta | None) -> list[
     return statements
 
 
+def _initial_schema(s: str, layout: str) -> list[str]:
+    return _timescale_schema(s) if layout == "timescaledb" else _plain_schema(s)
+
+
+# Versioned migrations, applied in order past the highest version recorded in
+# <schema>.crucible_metrics_migrations; each maps (schema, layout) to its statements.
+_MIGRATIONS: list[Callable[[str, str], list[str]]] = [_initial_schema]
+
+
 def _row(record: MetricRecord) -> tuple[Any, ...]:
     return (
         record.run_id,
@@ -216,19 +225,24 @@ class PostgresMetricsStore(BufferedStore):
                     f"SELECT version, layout FROM {s}.crucible_metrics_migrations "
                     "ORDER BY version DESC LIMIT 1"
                 )
-                if applied is not None:
-                    return str(applied["layout"])
-                timescale = await con.fetchval(
-                    "SELECT true FROM pg_available_extensions WHERE name = 'timescaledb'"
-                )
-                layout = "timescaledb" if timescale else "plain"
-                schema = _timescale_schema(s) if timescale else _plain_schema(s)
-                for statement in schema:
-                    await con.execute(statement)
-                await con.execute(
-                    f"INSERT INTO {s}.crucible_metrics_migrations (version, layout) VALUES (1, $1)",
-                    layout,
-                )
+                if applied is None:
+                    timescale = await con.fetchval(
+                        "SELECT true FROM pg_available_extensions WHERE name = 'timescaledb'"
+                    )
+                    version, layout = 0, "timescaledb" if timescale else "plain"
+                else:
+                    version, layout = int(applied["version"]), str(applied["layout"])
+                for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
+                    for statement in migration(s, layout):
+                        await con.execute(statement)
+                    await con.execute(
+                        f"INSERT INTO {s}.crucible_metrics_migrations (version, layout) "
+                        "VALUES ($1, $2)",
+                        number,
+                        layout,
+                    )
+            # Idempotent, and outside any transaction as TimescaleDB requires: re-run at each
+            # open so an opener that died between the two steps is repaired by the next one.
             if layout == "timescaledb":
                 for statement in _timescale_outside_transaction(s, self._retention):
                     await con.execute(statement)

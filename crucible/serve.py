@@ -1,0 +1,122 @@
+"""`python -m crucible.serve`: run the metric service, or manage its tokens.
+
+python -m crucible.serve [--store sqlite:///crucible.db] [--host 127.0.0.1] [--port 8600]
+                         [--tokens crucible-tokens.db] [--no-auth]
+python -m crucible.serve token create --name NAME [--read-only]
+python -m crucible.serve token list | token revoke --name NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from crucible.service import ServiceConfig, TokenStore, create_app
+
+DEFAULT_TOKENS = "crucible-tokens.db"
+
+
+def _tokens_path(args: argparse.Namespace) -> str:
+    return str(args.tokens or os.environ.get("CRUCIBLE_TOKENS") or DEFAULT_TOKENS)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m crucible.serve", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--tokens", help=f"token database (default $CRUCIBLE_TOKENS or {DEFAULT_TOKENS})"
+    )
+    parser.add_argument("--store", default="sqlite:///crucible.db", help="metrics store URL")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8600)
+    parser.add_argument("--no-auth", action="store_true", help="no tokens (local use only)")
+    parser.add_argument(
+        "--rate-limit", type=float, default=200.0, help="requests/s per token (0: off)"
+    )
+    parser.add_argument("--rate-burst", type=int, default=400)
+    parser.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument("--log-level", default="warning")
+    commands = parser.add_subparsers(dest="command")
+    token = commands.add_parser("token", help="create, list or revoke bearer tokens")
+    token.add_argument("action", choices=["create", "list", "revoke"])
+    token.add_argument("--name")
+    token.add_argument("--read-only", action="store_true")
+    token.add_argument("--tokens", dest="token_db", help="token database")
+    return parser
+
+
+def _token_command(args: argparse.Namespace) -> int:
+    store = TokenStore(args.token_db or _tokens_path(args))
+    try:
+        if args.action == "list":
+            for info in store.list():
+                mode = "read-only" if info.read_only else "read-write"
+                print(f"{info.name}\t{mode}\t{info.created}")
+            return 0
+        if not args.name:
+            print(f"token {args.action} needs --name NAME", file=sys.stderr)
+            return 2
+        if args.action == "revoke":
+            if not store.revoke(args.name):
+                print(f"no token named {args.name!r}", file=sys.stderr)
+                return 1
+            return 0
+        try:
+            token = store.create(args.name, read_only=args.read_only)
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 1
+        print(token)
+        print(f"(token {args.name!r} shown once; store it safely)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token_command(args)
+    import uvicorn
+
+    tokens = None
+    if args.no_auth:
+        print(
+            "WARNING: --no-auth: anyone who can reach "
+            f"{args.host}:{args.port} may read, write and delete metrics",
+            file=sys.stderr,
+        )
+    else:
+        tokens = TokenStore(_tokens_path(args))
+        if not tokens.list():
+            print(
+                f"no tokens in {tokens.path}: create one with "
+                "`python -m crucible.serve token create --name NAME`",
+                file=sys.stderr,
+            )
+    config = ServiceConfig(
+        auth=tokens is not None,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        max_body_bytes=args.max_body_bytes,
+    )
+    app = create_app(args.store, tokens=tokens, config=config)
+    print(
+        f"crucible metric service on http://{args.host}:{args.port}/", file=sys.stderr, flush=True
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ws="websockets-sansio",
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The metric service: REST API, live WebSocket stream and dashboard over a MetricsStore.
+
+Run it with `python -m crucible.serve`; see docs/service.md.
+"""
+
+from ._app import create_app
+from ._config import ServiceConfig
+from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
+from ._system import SystemSampler, sample_system
+from ._tokens import TokenInfo, TokenStore
+
+__all__ = [
+    "SLOW_CONSUMER_CLOSE_CODE",
+    "Broadcaster",
+    "ServiceConfig",
+    "SystemSampler",
+    "TokenInfo",
+    "TokenStore",
+    "create_app",
+    "sample_system",
+]

@@ -1,0 +1,330 @@
+"""The REST handlers under /api/v1 and the WebSocket stream."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from crucible.metrics import InvalidRecord, MetricNotFound, MetricRecord, MetricsStore
+from crucible.metrics._remote import check_metric_name, check_run_id
+
+from ._config import ServiceConfig
+from ._errors import ApiError, json_response
+from ._guard import WS_SUBPROTOCOL
+from ._prometheus import ServiceStats
+from ._schema import BatchIn, SystemBatchIn, decode_error_location
+from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
+
+__all__ = ["SYSTEM_PREFIX", "Api"]
+
+SYSTEM_PREFIX = "system/"
+LIVE_WINDOW = timedelta(seconds=60)  # a run that logged this recently shows as "live"
+_decode_batch = msgspec.json.Decoder(BatchIn).decode
+_decode_system = msgspec.json.Decoder(SystemBatchIn).decode
+_encode = msgspec.json.encode
+
+
+def _invalid(error: InvalidRecord) -> ApiError:
+    return ApiError(
+        422,
+        "invalid_record",
+        {"index": error.index, "field": error.field, "problem": error.problem},
+    )
+
+
+def _decode(decoder: Any, body: bytes) -> Any:
+    try:
+        return decoder(body)
+    except msgspec.ValidationError as error:
+        index, field = decode_error_location(str(error))
+        raise ApiError(
+            422, "invalid_record", {"index": index, "field": field, "problem": str(error)}
+        ) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", str(error)) from None
+
+
+def _run_id(request: Request | WebSocket) -> str:
+    try:
+        return check_run_id(request.path_params["run_id"])
+    except InvalidRecord as error:
+        raise ApiError(422, "invalid_run_id", error.problem) from None
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(
+            422, "invalid_parameter", f"{name} must be an integer, got {raw!r}"
+        ) from None
+    if not low <= value <= high:
+        raise ApiError(
+            422, "invalid_parameter", f"{name} must be between {low} and {high}, got {value}"
+        )
+    return value
+
+
+def _time_param(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise ApiError(
+            422,
+            "invalid_parameter",
+            f"{name} must be an ISO 8601 time with an offset (e.g. 2025-01-02T03:04:05Z), "
+            f"got {raw!r}",
+        )
+    return moment
+
+
+class Api:
+    """The handlers, bound to one store, broadcaster, config and stats."""
+
+    def __init__(
+        self,
+        store: MetricsStore,
+        *,
+        config: ServiceConfig,
+        stats: ServiceStats,
+        broadcaster: Broadcaster,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.stats = stats
+        self.broadcaster = broadcaster
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def post_batch(self, request: Request) -> Response:
+        batch: BatchIn = _decode(_decode_batch, await request.body())
+        self._check_batch_size(len(batch.metrics))
+        try:
+            run_id = check_run_id(batch.run_id)
+        except InvalidRecord as error:
+            raise _invalid(error) from None
+        now = datetime.now(UTC)
+        records: list[MetricRecord] = []
+        try:
+            for index, point in enumerate(batch.metrics):
+                try:
+                    check_metric_name(point.metric)
+                    records.append(
+                        MetricRecord(
+                            run_id,
+                            point.metric,
+                            point.value,
+                            point.step,
+                            now if point.timestamp is None else point.timestamp,
+                            point.metadata or {},
+                        )
+                    )
+                except InvalidRecord as error:
+                    raise error.at_index(index) from None
+        except InvalidRecord as error:
+            raise _invalid(error) from None
+        return await self._store(run_id, records, request)
+
+    async def post_system_batch(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        batch: SystemBatchIn = _decode(_decode_system, await request.body())
+        self._check_batch_size(len(batch.metrics))
+        now = datetime.now(UTC)
+        records: list[MetricRecord] = []
+        for index, point in enumerate(batch.metrics):
+            try:
+                name = check_metric_name(SYSTEM_PREFIX + point.metric)
+                ts = now if point.timestamp is None else point.timestamp
+                records.append(MetricRecord(run_id, name, point.value, None, ts))
+            except InvalidRecord as error:
+                raise _invalid(error.at_index(index)) from None
+        return await self._store(run_id, records, request)
+
+    def _check_batch_size(self, count: int) -> None:
+        if count > self.config.max_batch:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                {"limit": self.config.max_batch, "got": count, "problem": "split the batch"},
+            )
+
+    async def _store(self, run_id: str, records: list[MetricRecord], request: Request) -> Response:
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key or len(key) > 200 or not key.isprintable()):
+            raise ApiError(
+                422, "invalid_parameter", "Idempotency-Key must be 1-200 printable characters"
+            )
+        await self.store.record_many(records, idempotency_key=key)
+        self.stats.count_ingest(len(records))
+        if records and self.broadcaster.has_subscribers(run_id):
+            message = _encode({"run_id": run_id, "points": records})
+            self.broadcaster.publish(run_id, message)
+        return json_response({"run_id": run_id, "accepted": len(records)})
+
+    async def delete_run(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        deleted = await self.store.delete_run(run_id)
+        if not deleted:
+            raise ApiError(404, "run_not_found", f"no run {run_id!r}")
+        return json_response({"run_id": run_id, "deleted": deleted})
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def list_runs(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        runs = []
+        for run_id in await self.store.runs():
+            latest = await self.store.latest(run_id)
+            if not latest:
+                continue
+            last = max(latest.values(), key=lambda r: r.timestamp)
+            steps = [r.step for r in latest.values() if r.step is not None]
+            runs.append(
+                {
+                    "run_id": run_id,
+                    "status": "live" if now - last.timestamp <= LIVE_WINDOW else "idle",
+                    "last_timestamp": last.timestamp,
+                    "last_step": max(steps) if steps else None,
+                    "metric_count": len(latest),
+                    "latest": {
+                        name: {"value": r.value, "step": r.step, "timestamp": r.timestamp}
+                        for name, r in latest.items()
+                    },
+                }
+            )
+        return json_response({"runs": runs})
+
+    async def _require_run(self, run_id: str) -> None:
+        if run_id not in await self.store.runs():
+            raise ApiError(404, "run_not_found", f"no run {run_id!r}")
+
+    async def read_metrics(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        metric = request.query_params.get("metric")
+        big = 2**63 - 1
+        step_min = _int_param(request, "step_min", None, 0, big)
+        step_max = _int_param(request, "step_max", None, 0, big)
+        since, until = _time_param(request, "since"), _time_param(request, "until")
+        limit = _int_param(request, "limit", 1000, 1, self.config.max_page)
+        offset = _int_param(request, "offset", 0, 0, big)
+        steps = None if step_min is None and step_max is None else (step_min, step_max)
+        records = await self.store.read(
+            run_id, metric=metric, steps=steps, since=since, until=until
+        )
+        if not records:
+            await self._require_run(run_id)
+        assert limit is not None and offset is not None
+        return json_response(
+            {
+                "run_id": run_id,
+                "total": len(records),
+                "offset": offset,
+                "limit": limit,
+                "points": records[offset : offset + limit],
+            }
+        )
+
+    async def latest(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        latest = await self.store.latest(run_id)
+        if not latest:
+            raise ApiError(404, "run_not_found", f"no run {run_id!r}")
+        return json_response({"run_id": run_id, "latest": latest})
+
+    async def history(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        name = request.path_params["name"]
+        max_points = _int_param(request, "max_points", 1000, 3, self.config.max_page)
+        assert max_points is not None
+        points = await self.store.history(run_id, name, max_points)
+        if not points:
+            await self._require_run(run_id)
+            raise ApiError(404, "metric_not_found", f"no metric {name!r} in run {run_id!r}")
+        return json_response(
+            {"run_id": run_id, "metric": name, "max_points": max_points, "points": points}
+        )
+
+    async def metric_stats(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        name = request.path_params["name"]
+        try:
+            summary = await self.store.summary(run_id, name)
+        except MetricNotFound:
+            await self._require_run(run_id)
+            raise ApiError(
+                404, "metric_not_found", f"no metric {name!r} in run {run_id!r}"
+            ) from None
+        return json_response(summary)
+
+    async def system(self, request: Request) -> Response:
+        run_id = _run_id(request)
+        max_points = _int_param(request, "max_points", 1000, 3, self.config.max_page)
+        assert max_points is not None
+        latest = await self.store.latest(run_id)
+        if not latest:
+            raise ApiError(404, "run_not_found", f"no run {run_id!r}")
+        series = {
+            name[len(SYSTEM_PREFIX) :]: await self.store.history(run_id, name, max_points)
+            for name in latest
+            if name.startswith(SYSTEM_PREFIX)
+        }
+        return json_response({"run_id": run_id, "series": series})
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def prometheus(self, request: Request) -> Response:
+        text = self.stats.render(
+            subscribers=self.broadcaster.subscriber_count,
+            dropped_subscribers=self.broadcaster.dropped_total,
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    # -- live stream ----------------------------------------------------------------------
+
+    async def ws_metrics(self, websocket: WebSocket) -> None:
+        """Push every point ingested for the run, as `{"run_id", "points": [...]}` texts."""
+        try:
+            run_id = check_run_id(websocket.path_params["run_id"])
+        except InvalidRecord:
+            await websocket.close(code=4422, reason="invalid run id")
+            return
+        offered = websocket.scope.get("subprotocols", ())
+        await websocket.accept(subprotocol=WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered else None)
+        subscription = self.broadcaster.subscribe(run_id)
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_client() -> None:
+                    # Reading is how a disconnect is noticed; clients send nothing else.
+                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch_client)
+                async for message in subscription.receive:
+                    await websocket.send_text(message.decode())
+                # The queue was closed: this subscriber fell too far behind.
+                if subscription.dropped:
+                    await websocket.close(SLOW_CONSUMER_CLOSE_CODE, "too slow: reconnect")
+                group.cancel_scope.cancel()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.broadcaster.unsubscribe(subscription)

@@ -1,0 +1,28 @@
+"""The server's settings, shared by `python -m crucible.serve` and `create_app`."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["ServiceConfig"]
+
+
+@attrs.frozen
+class ServiceConfig:
+    """Limits and switches of one server.
+
+    - `auth`: require a bearer token on every API and WebSocket route.
+    - `rate_limit` requests/s per token on average, `rate_burst` at once.
+    - `max_body_bytes`: larger request bodies get 413 before they are read.
+    - `max_batch`: points per `POST /metrics/batch` (more get 413).
+    - `ws_queue`: messages a WebSocket subscriber may fall behind before it is dropped.
+    - `max_page`: the largest `limit` (and `max_points`) a read accepts.
+    """
+
+    auth: bool = True
+    rate_limit: float = 200.0
+    rate_burst: int = 400
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 1000
+    ws_queue: int = 256
+    max_page: int = 10_000

@@ -91,6 +91,10 @@ _CATALOG: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("crucible.actor.crashed", "An actor's handler raised; the actor died (reason)."),
             ("crucible.actor.restarted", "A supervisor restarted a child (child id, attempt)."),
+            (
+                "crucible.actor.escalated",
+                "A supervisor exceeded its restart intensity and gave up (reason).",
+            ),
             ("crucible.session.status", "A training session changed status (from, to)."),
             ("crucible.checkpoint.saved", "The CheckpointManager saved a checkpoint (name)."),
             ("crucible.registry.registered", "The ModelRegistry registered a model version."),

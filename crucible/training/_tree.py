@@ -27,6 +27,7 @@ from crucible.actors import (
     SupervisorRef,
 )
 from crucible.metrics import StreamingMetrics
+from crucible.telemetry import execute
 from crucible.training._checkpoint_manager import CheckpointManager, CheckpointManagerClient
 from crucible.training._registry import ModelRegistry, ModelRegistryClient
 from crucible.training._session import BackendFactory, Journal, Session, SessionClient
@@ -83,11 +84,17 @@ async def open_training(
     session = SessionClient(runtime, session_name, journal)
     registry_file = Path(registry_path) if registry_path else log_dir / "registry.sqlite"
 
-    def escalated(event: RuntimeEvent) -> None:
+    def on_runtime_event(event: RuntimeEvent) -> None:
+        # The runtime (layer 1) cannot import telemetry: the tree reports for it.
+        execute(
+            f"crucible.actor.{event.kind}",
+            {"delay_s": event.delay} if event.delay is not None else {},
+            {"actor": event.actor, "supervisor": event.supervisor, "reason": str(event.reason)},
+        )
         if event.kind == "escalated" and event.actor == f"Supervisor({name!r})":
             journal.give_up(event.reason.error if event.reason else None)
 
-    runtime.add_listener(escalated)
+    runtime.add_listener(on_runtime_event)
     supervisor = await runtime.supervise(
         [
             ChildSpec("metrics", StreamingMetrics, name=f"{name}.metrics"),
@@ -124,7 +131,7 @@ async def open_training(
             journal=journal,
         )
     finally:
-        runtime.remove_listener(escalated)
+        runtime.remove_listener(on_runtime_event)
         if supervisor.ref.alive:
             await supervisor.stop()
         if journal.failure is None and any(not e.done for e in journal.entries):

@@ -48,6 +48,7 @@ def test_the_crucible_category_holds_the_runtime_events() -> None:
     assert {
         "crucible.actor.crashed",
         "crucible.actor.restarted",
+        "crucible.actor.escalated",
         "crucible.session.status",
         "crucible.checkpoint.saved",
         "crucible.registry.registered",
@@ -64,7 +65,7 @@ def test_event_info() -> None:
 
 def test_every_name_is_unique_and_listed_once() -> None:
     names = telemetry.standard_events()
-    assert len(names) == len(set(names)) == 30
+    assert len(names) == len(set(names)) == 31
     for category, members in telemetry.events_by_category().items():
         for name in members:
             info = telemetry.event_info(name)

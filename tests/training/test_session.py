@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tinker import types
 
 from crucible.actors import Backoff, open_runtime
+from crucible.telemetry import attach, detach
 from crucible.training import (
     FAULT_KINDS,
     FaultKind,
@@ -243,3 +244,32 @@ async def test_sampling_through_the_session_survives_a_restart(
         await session_ref.wait()
         again = await (await sampler.sample(prompt, 1, params))
         assert again.sequences[0].tokens == first.sequences[0].tokens
+
+
+async def test_the_tree_reports_crashes_restarts_and_status_as_telemetry(
+    make_config: Callable[..., LocalBackendConfig], tmp_path: Path
+) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    attach(
+        "test-session-events",
+        ["crucible.actor.*", "crucible.session.status"],
+        lambda name, _m, metadata, _c: seen.append((name, dict(metadata))),
+    )
+    try:
+        backends = Backends(make_config, rate=1.0, kinds=("crash",), seed=0)
+        async with (
+            open_runtime() as rt,
+            open_training(
+                rt, backends, tmp_path, backoff=Backoff.none(), max_restarts=1
+            ) as training,
+        ):
+            with pytest.raises(TrainingFailed):
+                await (await training.session.forward_backward(TINY_TASK[:2]))
+    finally:
+        detach("test-session-events")
+    names = [name for name, _ in seen]
+    assert "crucible.actor.crashed" in names
+    assert "crucible.actor.escalated" in names
+    statuses = [m["status"] for name, m in seen if name == "crucible.session.status"]
+    assert statuses[:3] == ["initializing", "ready", "training"]
+    assert "failed" in statuses

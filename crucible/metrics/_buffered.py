@@ -27,13 +27,12 @@ def make_record(
     metadata: Mapping[str, Any] | None,
     timestamp: datetime | None,
 ) -> MetricRecord:
+    if metadata is None:
+        metadata = {}
+    elif isinstance(metadata, Mapping) and not isinstance(metadata, dict):
+        metadata = dict(metadata)  # anything else reaches validation as it is, and is refused
     return MetricRecord(
-        run_id,
-        metric,
-        value,
-        step,
-        utc_now() if timestamp is None else timestamp,
-        {} if metadata is None else dict(metadata),
+        run_id, metric, value, step, utc_now() if timestamp is None else timestamp, metadata
     )
 
 

@@ -107,3 +107,17 @@ def test_a_batch_is_validated_whole_and_names_the_bad_position() -> None:
     with pytest.raises(InvalidRecord) as caught:
         coerce_batch([good, good, ("r", "m", 1.0)])
     assert (caught.value.field, caught.value.index) == ("record", 2)
+
+
+def test_store_arguments_are_validated_like_records() -> None:
+    from types import MappingProxyType
+
+    from crucible.metrics import MemoryMetricsStore
+
+    store = MemoryMetricsStore()
+    for bad in ("split=train", [("split", "train")]):
+        with pytest.raises(InvalidRecord) as caught:
+            store.sync.record("run", "loss", 1.0, metadata=bad)  # type: ignore[arg-type]
+        assert caught.value.field == "metadata"
+    record = store.sync.record("run", "loss", 1.0, metadata=MappingProxyType({"a": 1}))
+    assert record.metadata == {"a": 1}

@@ -17,6 +17,7 @@ Concurrency and crash rules (see docs/metrics.md):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections import Counter
@@ -257,12 +258,23 @@ class JsonlFile:
                     marks.append(_BatchMark(key, position, position + len(data)))
                 pieces.append(data)
                 position += len(data)
-            if marks:
-                encoded = b"".join(_encoder.encode(m) + b"\n" for m in marks)
-                _write_all(self._keys_fd, encoded)
-                self._keys_offset += len(encoded)
-                self._keys_dirty = True
-            _write_all(self._fd, b"".join(pieces))
+            keys_offset = self._keys_offset
+            try:
+                if marks:
+                    encoded = b"".join(_encoder.encode(m) + b"\n" for m in marks)
+                    _write_all(self._keys_fd, encoded)
+                    self._keys_offset += len(encoded)
+                    self._keys_dirty = True
+                _write_all(self._fd, b"".join(pieces))
+            except OSError:
+                # A failed write (disk full...) may have left part of the batch. We still
+                # hold the lock, so cut both files back: the writer retries the whole batch,
+                # and a retry must not duplicate the part that made it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                    os.ftruncate(self._keys_fd, keys_offset)
+                    self._keys_offset = keys_offset
+                raise
             for mark in marks:
                 self._keys[mark.key] = mark
 

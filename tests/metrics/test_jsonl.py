@@ -186,3 +186,30 @@ def test_a_script_that_forgets_close_loses_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, timeout=60)
     assert len(path.read_bytes().splitlines()) == 1000
+
+
+async def test_a_write_that_fails_halfway_is_cut_back_and_retried_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crucible.metrics import StoreWriteError, _jsonl_file
+
+    real_write_all = _jsonl_file._write_all
+    failures: list[int] = []
+
+    def disk_fills_once(fd: int, data: bytes) -> None:
+        if not failures and len(data) > 1000:
+            failures.append(fd)
+            real_write_all(fd, data[: len(data) // 2])  # part of the batch reached the file
+            raise OSError(28, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(_jsonl_file, "_write_all", disk_fills_once)
+    batch = [MetricRecord("run", "loss", float(i), i) for i in range(100)]
+    async with JsonlMetricsStore(tmp_path / "m.jsonl", flush_interval=0.01) as store:
+        await store.record_many(batch)
+        try:
+            await store.flush()
+        except StoreWriteError:
+            await store.flush()  # the retry's outcome
+        assert failures, "the failure was not injected"
+        assert await store.read("run") == batch

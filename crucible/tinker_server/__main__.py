@@ -1,0 +1,69 @@
+"""``python -m crucible.tinker_server [--port 8700] [--root DIR] [--api-key tml-...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from crucible.tinker_server._config import FAULT_KINDS, ServerConfig
+from crucible.tinker_server._run import serve
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m crucible.tinker_server",
+        description="A Tinker-compatible server over Crucible's local CPU backend. Point the "
+        "tinker SDK at it with TINKER_BASE_URL=http://HOST:PORT and a tml- API key.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--root", default="runs/tinker_server", help="checkpoint folder")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accept this key (repeatable); without any, every key is accepted",
+    )
+    parser.add_argument("--long-poll", type=float, default=25.0, help="seconds (under 45)")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="0..1 of requests fail")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument(
+        "--fault-kinds", default=",".join(FAULT_KINDS), help=f"subset of {','.join(FAULT_KINDS)}"
+    )
+    parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument(
+        "--client-config",
+        default="{}",
+        help="JSON merged into /client/config, e.g. '{\"fwdbwd_max_chunk_len\": 64}'",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return ServerConfig(
+            host=args.host,
+            port=args.port,
+            root=args.root,
+            api_keys=frozenset(args.api_key),
+            long_poll_s=args.long_poll,
+            fault_rate=args.fault_rate,
+            fault_seed=args.fault_seed,
+            fault_kinds=tuple(kind for kind in args.fault_kinds.split(",") if kind),
+            torch_threads=args.torch_threads,
+            client_config=json.loads(args.client_config),
+        )
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    print(
+        f"Tinker-compatible server on http://{config.host}:{config.port} (root {config.root})",
+        file=sys.stderr,
+    )
+    serve(config)
+
+
+if __name__ == "__main__":
+    main()

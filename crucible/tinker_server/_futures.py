@@ -1,0 +1,78 @@
+"""Results of accepted requests, retrieved by long-polling ``POST /retrieve_future``.
+
+Every mutating call is answered at once with a request id; its result (JSON, protobuf, or an
+``{"error", "category"}`` body) lands here when the work is done. A poll waits on an event for
+up to the long-poll time: the SDK re-polls immediately after ``try_again``, so answering at
+once would make it spin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import OrderedDict
+from typing import Any, Literal
+
+import anyio
+import attrs
+
+ErrorCategory = Literal["user", "server", "unknown"]
+
+
+@attrs.frozen
+class Outcome:
+    body: bytes
+    media_type: str
+
+    @classmethod
+    def json(cls, payload: dict[str, Any]) -> Outcome:
+        return cls(json.dumps(payload).encode(), "application/json")
+
+    @classmethod
+    def failed(cls, message: str, category: ErrorCategory) -> Outcome:
+        # The SDK treats any body with an "error" key as a failed request.
+        return cls.json({"error": message, "category": category})
+
+
+class Pending:
+    """One accepted request: done once its outcome is set (exactly once)."""
+
+    __slots__ = ("_done", "outcome", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.outcome: Outcome | None = None
+        self._done = anyio.Event()
+
+    def resolve(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._done.set()
+
+    async def wait(self, timeout: float) -> Outcome | None:
+        with anyio.move_on_after(timeout):
+            await self._done.wait()
+        return self.outcome
+
+
+class FutureTable:
+    """Request ids to pending results; the oldest finished ones are forgotten past ``limit``
+    (a client re-polling a forgotten id gets 410, which the SDK treats as a lost promise)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[str, Pending] = OrderedDict()
+        self._ids = itertools.count(1)
+
+    def new(self) -> Pending:
+        pending = Pending(f"req-{next(self._ids)}")
+        self._entries[pending.request_id] = pending
+        while len(self._entries) > self._limit:
+            oldest_id, oldest = next(iter(self._entries.items()))
+            if oldest.outcome is None:
+                break  # never forget unfinished work
+            del self._entries[oldest_id]
+        return pending
+
+    def get(self, request_id: str) -> Pending | None:
+        return self._entries.get(request_id)

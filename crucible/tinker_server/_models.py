@@ -1,0 +1,64 @@
+"""Training models of the server: one local backend each, fed in seq_id order.
+
+The SDK numbers each TrainingClient's requests (seq_id 1, 2, ...; creation is 0) and may send
+them out of order: the chunks of one forward_backward go out concurrently, the first chunk
+last. A model buffers what arrives early and submits to its backend strictly in seq_id order,
+so chunks accumulate gradients exactly as one batch split by the client would. A resubmitted
+seq_id (the SDK retrying after a lost answer) gets the request id it got the first time, so
+nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from crucible.tinker_server._errors import ServiceError
+from crucible.tinker_server._futures import FutureTable, Pending
+from crucible.tinker_server._paths import RunInfo
+from crucible.training.local import LocalBackend
+
+Submit = Callable[[Pending], Awaitable[None]]
+
+
+class TrainingModel:
+    def __init__(self, model_id: str, session_id: str, run: RunInfo, backend: LocalBackend) -> None:
+        self.model_id = model_id
+        self.session_id = session_id
+        self.run = run
+        self.backend = backend
+        self.next_seq = 1  # seq 0 is the creation (or the load that created it)
+        self._waiting: dict[int, tuple[Pending, Submit]] = {}
+        self._accepted: dict[int, str] = {}
+        self._lock = anyio.Lock()
+
+    @property
+    def run_id(self) -> str:
+        return self.model_id
+
+    @property
+    def buffered(self) -> list[int]:
+        """seq_ids that arrived early and wait for an earlier one."""
+        return sorted(self._waiting)
+
+    async def accept(self, seq_id: int | None, futures: FutureTable, submit: Submit) -> str:
+        """Queue one request; returns its request id. ``submit`` runs when its turn comes."""
+        if seq_id is None or seq_id < 1:
+            raise ServiceError(400, f"seq_id must be an integer >= 1 for {self.model_id}")
+        async with self._lock:
+            known = self._accepted.get(seq_id)
+            if known is not None:
+                return known
+            if seq_id < self.next_seq:
+                raise ServiceError(400, f"seq_id {seq_id} of {self.model_id} was already applied")
+            pending = futures.new()
+            self._accepted[seq_id] = pending.request_id
+            self._waiting[seq_id] = (pending, submit)
+            # Submitting to the backend only queues work on its thread, so holding the lock
+            # while draining is brief and keeps the backend's order equal to seq_id order.
+            while self.next_seq in self._waiting:
+                ready, run = self._waiting.pop(self.next_seq)
+                self.next_seq += 1
+                await run(ready)
+            return pending.request_id

@@ -53,6 +53,7 @@ operations = st.lists(
         st.tuples(st.just("latest"), st.sampled_from(["a", "b"])),
         st.tuples(st.just("history"), st.sampled_from(["a", "b"]), st.integers(3, 7)),
         st.tuples(st.just("summary"), st.sampled_from(["a", "b"])),
+        st.tuples(st.just("delete_run"), st.sampled_from(["a", "b"])),
     ),
     max_size=25,
 )
@@ -89,6 +90,8 @@ async def apply(store: MetricsStore, op: tuple[Any, ...], prefix: str) -> Any:
         return await store.latest(prefix + op[1])
     elif kind == "history":
         return {m: await store.history(prefix + op[1], m, op[2]) for m in ("loss", "acc")}
+    elif kind == "delete_run":
+        return await store.delete_run(prefix + op[1])
     elif kind == "summary":
         latest = await store.latest(prefix + op[1])
         return {m: await store.summary(prefix + op[1], m) for m in latest}

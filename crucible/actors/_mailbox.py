@@ -171,7 +171,7 @@ class Mailbox:
             return
         slot = self._consumer = self.new_slot()
         try:
-            await slot.wait()
+            await slot
         finally:
             self._consumer = None
 

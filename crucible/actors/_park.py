@@ -10,7 +10,7 @@ around a wait work as usual. Everything off the hot path uses plain anyio.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any, Protocol
 
@@ -30,6 +30,10 @@ class Slot(Protocol):
     def fail(self, error: BaseException) -> None: ...
     async def wait(self) -> Any:
         """The value, or raises the error."""
+        ...
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await slot`` is ``await slot.wait()`` (on asyncio without the extra frame)."""
         ...
 
 
@@ -53,6 +57,9 @@ class AsyncioSlot:
 
     async def wait(self) -> Any:
         return await self._future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._future.__await__()
 
 
 class TrioSlot:
@@ -98,6 +105,9 @@ class TrioSlot:
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.wait().__await__()
 
 
 def slot_factory() -> Callable[[], Slot]:

@@ -102,10 +102,10 @@ class ActorRef(Generic[A]):
                 raise self._timeout(message, timeout)
             remaining = max(0.0, deadline - anyio.current_time())
         if remaining is None:
-            return await call.slot.wait()
+            return await call.slot
         bucket = cell.runtime.deadlines.add(call.slot, remaining)
         try:
-            return await call.slot.wait()
+            return await call.slot
         except TimedOut:
             raise self._timeout(message, timeout) from None
         finally:

@@ -1,7 +1,8 @@
 """Durable metric stores: record every metric of a run, lose none, never stall training.
 
 `open_store(url)` picks an adapter from a URL (`memory://`, `jsonl:///path/metrics.jsonl` or
-a bare path, `sqlite:///path.db`, `postgresql://...`); every adapter implements the
+a bare path, `sqlite:///path.db`, `postgresql://...`,
+`http://host:port` for the metric service); every adapter implements the
 `MetricsStore` protocol and passes the same contract tests. See docs/metrics.md.
 """
 
@@ -22,6 +23,7 @@ from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
 from ._query import StepBounds
 from ._record import MetricRecord, MetricSummary
+from ._remote import RemoteMetricsStore, ServiceUnavailable
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
     CostSummary,
@@ -60,9 +62,11 @@ __all__ = [
     "ObserveRequest",
     "PostgresMetricsStore",
     "ReliabilitySummary",
+    "RemoteMetricsStore",
     "Reset",
     "ScanReport",
     "SeriesSummary",
+    "ServiceUnavailable",
     "SqliteMetricsStore",
     "StepBounds",
     "StoreClosed",

@@ -20,6 +20,7 @@ async def open_store(url: str, **options: Any) -> MetricsStore:
     - `jsonl:///abs/path/metrics.jsonl`, `jsonl://relative/path.jsonl`, or a bare path
     - `sqlite:///abs/path.db` (or `sqlite://relative.db`)
     - `postgresql://user@host:port/db` (also `postgres://`), needs the `postgres` extra
+    - `http://host:port` (or https): the metric service, `RemoteMetricsStore(url, token=...)`
 
     Opening does blocking I/O, so it runs in a worker thread.
     """
@@ -51,9 +52,13 @@ async def open_store(url: str, **options: Any) -> MetricsStore:
             functools.partial(opener, path, **options)
         )
         return store
+    if scheme in ("http", "https"):  # the metric service (`python -m crucible.serve`)
+        from ._remote import RemoteMetricsStore
+
+        return await anyio.to_thread.run_sync(functools.partial(RemoteMetricsStore, url, **options))
     raise ValueError(
         f"unsupported metrics store URL {url!r}: use memory://, jsonl:///path, a path, "
-        "sqlite:///path.db or postgresql://..."
+        "sqlite:///path.db, postgresql://... or http(s)://host:port"
     )
 
 

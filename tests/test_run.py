@@ -1,33 +1,103 @@
-"""The `python -m crucible.run` demo: a crashing worker ends with a crash-free run's result."""
+"""``python -m crucible.run`` end to end on the local backend with a tiny config."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from crucible.run import main
 
+from .recipes.run_kit import metric_steps, read_jsonl, tiny_overrides
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_demo_survives_crashes_with_identical_result(
-    backend: str, capsys: pytest.CaptureFixture[str]
+
+def test_a_run_writes_every_file_in_its_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--steps", "30", "--crash-rate", "0.1", "--seed", "3", "--backend", backend]) == 0
-    out = capsys.readouterr().out
-    assert "crashed: RuntimeError: backend call failed" in out
-    assert "resuming from the checkpoint" in out
-    assert ": identical" in out
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir), "--progress", "lines"]) == 0
+    out = capsys.readouterr()
+    assert "run completed" in out.out
+    assert "step 8/8" in out.err
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["batch_size"] == 4 and config["log_dir"] == str(run_dir)
+
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert all(
+        set(r) == {"run_id", "metric", "value", "step", "timestamp", "metadata"} for r in metrics
+    )
+    counts = metric_steps(run_dir)
+    assert max(counts.values()) == 1, "each (metric, step) exactly once"
+    assert {step for (metric, step) in counts if metric == "train/loss"} == set(range(1, 9))
+    assert {step for (metric, step) in counts if metric == "eval/nll"} == {0, 4, 8}
+    for name in ("train/lr", "train/tokens", "train/tokens_per_s", "train/step_time_s"):
+        assert (name, 8) in counts
+
+    checkpoints = read_jsonl(run_dir / "checkpoints.jsonl")
+    assert [c["name"] for c in checkpoints] == [f"step_{s:06d}" for s in (2, 4, 6, 8)]
+    assert checkpoints[-1]["final"] and checkpoints[-1]["sampler_path"]
+    assert checkpoints[1]["eval_nll"] > 0  # the step-4 checkpoint carries its evaluation
+
+    events = {row["event"] for row in read_jsonl(run_dir / "telemetry.jsonl")}
+    assert {
+        "crucible_kitchen.workflow.run.start",
+        "crucible_kitchen.workflow.run.stop",
+        "crucible_kitchen.stage.run.start",
+        "crucible_kitchen.stage.run.stop",
+        "crucible_train.training.start",
+        "crucible_train.batch.stop",
+        "crucible_train.checkpoint.saved",
+        "crucible_train.training.stop",
+    } <= events
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert summary["train_loss_last"] < summary["train_loss_first"]
+    assert summary["model_id"] is not None
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_module_entry_point_runs() -> None:
+def test_an_existing_run_dir_is_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    assert main([*tiny_overrides(tmp_path, run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert (run_dir / "config.json").read_text() == "{}"
+
+
+def test_resume_of_a_missing_run_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_tinker_backend_without_api_key_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    code = main([*tiny_overrides(tmp_path, tmp_path / "run"), "--backend", "tinker", "--quiet"])
+    assert code == 2
+    assert "TINKER_API_KEY" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_the_resolved_config() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "crucible.run", "--steps", "10"],
+        [sys.executable, "-m", "crucible.run", "--print-config", "lr=1e-3", "lr_schedule=linear"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "identical" in done.stdout
+    config = json.loads(done.stdout)
+    assert config["lr"] == 1e-3 and config["lr_schedule"] == "linear"
+    assert config["dataset"] == "default" and config["backend"] == "local"

@@ -1,5 +1,123 @@
-"""Recipes (layer 5): supervised fine-tuning and its datasets.
-
-The default task generators live in the private ``_tasks`` module for now; the recipes
-package will export its public names here.
+"""Recipes (layer 5): supervised fine-tuning as a workflow of stages, its datasets, renderer,
+learning-rate schedules and evaluation. See docs/recipes.md.
 """
+
+from crucible.recipes._batches import BatchPlan
+from crucible.recipes._data import (
+    Conversation,
+    DatasetError,
+    DatasetSplits,
+    DatasetStore,
+    JsonlDatasetStore,
+    LoadedConversations,
+    Message,
+    TaskDatasetStore,
+    read_conversations,
+)
+from crucible.recipes._eval import EvalResult, Evaluator, SamplingEvaluator
+from crucible.recipes._progress import ProgressReporter
+from crucible.recipes._render import ChatRenderer, ChatTemplate, RenderedExample, datum_weight
+from crucible.recipes._run_dir import RunFiles, run_dir_files, truncate_metrics_after
+from crucible.recipes._schedule import SCHEDULES, learning_rate
+from crucible.recipes._session_setup import (
+    BackendUnavailable,
+    TrainingHandles,
+    build_backend,
+    open_training_session,
+)
+from crucible.recipes._sl_basic import (
+    SL_BASIC,
+    AwaitForwardBackward,
+    AwaitOptimStep,
+    BuildDataset,
+    Checkpoint,
+    Cleanup,
+    EndEpoch,
+    Evaluate,
+    EvaluateInitial,
+    FinalEvaluate,
+    ForwardBackward,
+    InFlight,
+    InitSession,
+    LoadDataset,
+    LogStepMetrics,
+    OptimStep,
+    RegisterModel,
+    SaveFinal,
+    SLState,
+    sl_basic_workflow,
+)
+from crucible.recipes._workflow import (
+    Context,
+    FunctionStage,
+    Loop,
+    MissingAdapters,
+    Recipe,
+    Stage,
+    StageFailed,
+    StopRequested,
+    WorkflowError,
+    check_adapters,
+    run_workflow,
+)
+
+__all__ = [
+    "SCHEDULES",
+    "SL_BASIC",
+    "AwaitForwardBackward",
+    "AwaitOptimStep",
+    "BackendUnavailable",
+    "BatchPlan",
+    "BuildDataset",
+    "ChatRenderer",
+    "ChatTemplate",
+    "Checkpoint",
+    "Cleanup",
+    "Context",
+    "Conversation",
+    "DatasetError",
+    "DatasetSplits",
+    "DatasetStore",
+    "EndEpoch",
+    "EvalResult",
+    "Evaluate",
+    "EvaluateInitial",
+    "Evaluator",
+    "FinalEvaluate",
+    "ForwardBackward",
+    "FunctionStage",
+    "InFlight",
+    "InitSession",
+    "JsonlDatasetStore",
+    "LoadDataset",
+    "LoadedConversations",
+    "LogStepMetrics",
+    "Loop",
+    "Message",
+    "MissingAdapters",
+    "OptimStep",
+    "ProgressReporter",
+    "Recipe",
+    "RegisterModel",
+    "RenderedExample",
+    "RunFiles",
+    "SLState",
+    "SamplingEvaluator",
+    "SaveFinal",
+    "Stage",
+    "StageFailed",
+    "StopRequested",
+    "TaskDatasetStore",
+    "TrainingHandles",
+    "WorkflowError",
+    "build_backend",
+    "check_adapters",
+    "datum_weight",
+    "learning_rate",
+    "open_training_session",
+    "read_conversations",
+    "run_dir_files",
+    "run_workflow",
+    "sl_basic_workflow",
+    "truncate_metrics_after",
+]

@@ -1,0 +1,265 @@
+"""Run configuration: attrs classes loaded with cattrs from TOML files and ``key=value``
+overrides, with errors that name the field and what was expected.
+
+``load_config(path, ["lr=1e-3", "lr_schedule=cosine"])`` reads the TOML file (if any), applies
+the overrides (each value is read as a TOML value, else as a plain string, so ``lr=1e-3`` is a
+float and ``lr_schedule=cosine`` a string) and builds a checked ``TrainConfig``. Every mistake
+raises ``ConfigError``: an unknown key names the nearest valid one, a wrong type or value names
+the field and what it must be.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import attrs
+import cattrs
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+]
+
+LrSchedule = Literal["constant", "linear", "cosine"]
+TrainOn = Literal["all_assistant", "last_assistant"]
+IfExists = Literal["ask", "delete", "resume", "raise"]
+BackendName = Literal["local", "tinker"]
+FaultKindName = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
+
+
+class ConfigError(ValueError):
+    """The configuration is not valid; the message names the field and what it must be."""
+
+
+def _at_least(low: float) -> Any:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value < low:
+            raise ConfigError(f"{attribute.name} must be >= {low:g}, got {value!r}")
+
+    return check
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _fraction(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    """Everything a supervised fine-tuning run needs; every field has a working default.
+
+    The defaults are the run ``python -m crucible.run`` does with no arguments: LoRA on the
+    shipped ``crucible/tiny-2l-128`` base, learning 2-digit addition and word reversal, about a
+    minute on two CPU cores.
+    """
+
+    # -- the run
+    name: str = "sl_basic"
+    log_dir: str | None = None  # default: runs/<name>-<timestamp>
+    behavior_if_exists: IfExists = "ask"
+    seed: int = 0
+    # -- the backend
+    backend: BackendName = "local"
+    base_model: str = "crucible/tiny-2l-128"
+    lora_rank: int = attrs.field(default=16, validator=_at_least(1))
+    lora_alpha: float = attrs.field(default=32.0, validator=_positive)
+    num_threads: int | None = attrs.field(default=2, validator=_at_least(1))
+    # -- data
+    dataset: str = "default"  # "default" (generated tasks) or a conversations JSONL file
+    test_dataset: str | None = None  # JSONL; None: the default split, or a share of `dataset`
+    test_fraction: float = attrs.field(default=0.1, validator=_fraction)
+    tasks: tuple[str, ...] = ("addition", "reversal")  # for dataset = "default"
+    skip_bad_lines: bool = False
+    train_on: TrainOn = "all_assistant"
+    max_length: int = attrs.field(default=64, validator=_at_least(2))
+    # -- optimisation
+    batch_size: int = attrs.field(default=64, validator=_at_least(1))
+    epochs: int = attrs.field(default=1, validator=_at_least(1))
+    max_steps: int | None = attrs.field(default=120, validator=_at_least(1))
+    lr: float = attrs.field(default=3e-3, validator=[_finite, _positive])
+    lr_schedule: LrSchedule = "cosine"
+    warmup_steps: int = attrs.field(default=10, validator=_at_least(0))
+    weight_decay: float = attrs.field(default=0.0, validator=[_finite, _at_least(0)])
+    grad_clip_norm: float = attrs.field(default=1.0, validator=[_finite, _at_least(0)])
+    # -- evaluation and checkpoints
+    eval_every: int = attrs.field(default=40, validator=_at_least(0))  # 0: only at the end
+    eval_at_start: bool = True  # the untrained model's numbers, for comparison
+    eval_examples: int = attrs.field(default=200, validator=_at_least(1))
+    eval_max_tokens: int = attrs.field(default=12, validator=_at_least(1))
+    save_every: int = attrs.field(default=40, validator=_at_least(0))  # 0: only the final one
+    # -- lineage and the registry
+    registry_path: str | None = None  # default: registry.sqlite next to the run directory
+    init_from: str | None = None  # another run's directory: start from its last weights
+    # -- fault injection (shows the supervisor at work)
+    inject_faults: float = attrs.field(default=0.0, validator=_fraction)
+    fault_kinds: tuple[FaultKindName, ...] = ("transient", "crash", "applied_then_failed")
+    max_restarts: int = attrs.field(default=50, validator=_at_least(0))
+    op_timeout_s: float = attrs.field(default=120.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name must be a plain non-empty name without '/', got {self.name!r}")
+        known = {"addition", "reversal"}
+        unknown = [task for task in self.tasks if task not in known]
+        if unknown or not self.tasks:
+            raise ConfigError(
+                f"tasks must be a non-empty list from {sorted(known)}, got {list(self.tasks)}"
+            )
+        if not self.fault_kinds:
+            raise ConfigError("fault_kinds must name at least one fault kind")
+
+
+attrs.resolve_types(TrainConfig)  # the annotations are strings (postponed evaluation)
+_FIELDS: dict[str, attrs.Attribute[Any]] = {f.name: f for f in attrs.fields(TrainConfig)}
+
+
+def _describe(tp: Any) -> str:
+    """What a type expects, in words a user reads ("an integer", "one of a, b")."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(arg) for arg in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in get_args(tp) if arg is not type(None)]
+        inner = " or ".join(_describe(arg) for arg in args)
+        return f"{inner} (or omitted)" if len(args) < len(get_args(tp)) else inner
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _converter() -> cattrs.Converter:
+    """A strict converter: no silent bool->int, str->int or float->int conversions."""
+    converter = cattrs.Converter(forbid_extra_keys=True)
+
+    def strict(kind: type, accepts: tuple[type, ...]) -> Any:
+        def structure(value: Any, _tp: Any) -> Any:
+            if isinstance(value, bool) and kind is not bool:
+                raise TypeError(f"expected {_describe(kind)}, got {value!r}")
+            if not isinstance(value, accepts):
+                raise TypeError(f"expected {_describe(kind)}, got {value!r}")
+            return kind(value)
+
+        return structure
+
+    converter.register_structure_hook(int, strict(int, (int,)))
+    converter.register_structure_hook(float, strict(float, (int, float)))
+    converter.register_structure_hook(str, strict(str, (str,)))
+    converter.register_structure_hook(bool, strict(bool, (bool,)))
+    return converter
+
+
+_CONVERTER = _converter()
+
+
+def _field_type(key: str) -> Any:
+    return _FIELDS[key].type
+
+
+def _check_keys(data: Mapping[str, Any]) -> None:
+    for key in data:
+        if key not in _FIELDS:
+            nearest = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} (see --print-config)")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build a checked TrainConfig from plain data (TOML, JSON or overrides)."""
+    _check_keys(data)
+    for key, value in data.items():  # per field, so the error names it
+        try:
+            _CONVERTER.structure(value, _field_type(key))
+        except Exception as error:
+            raise ConfigError(
+                f"{key} must be {_describe(_field_type(key))}, got {value!r}"
+            ) from error
+    try:
+        return _CONVERTER.structure(dict(data), TrainConfig)
+    except cattrs.ClassValidationError as group:
+        for leaf in _leaves(group):
+            if isinstance(leaf, ConfigError):
+                raise leaf from None
+        raise ConfigError(str(group)) from group
+
+
+def _leaves(error: BaseException) -> Iterable[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain data (lists for tuples), as written to config.json and shown by --print-config."""
+    data: dict[str, Any] = _CONVERTER.unstructure(config)
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "tasks=['addition']", "log_dir=runs/x"]`` as typed values."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        parsed[key] = _parse_value(text.strip())
+    return parsed
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word such as `cosine` or a path
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """The config from ``base`` (e.g. a resumed run's config.json), then the TOML file at
+    ``path``, then ``overrides``; later sources win."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {file}: {error.strerror}") from error
+        try:
+            loaded = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{file} is not valid TOML: {error}") from error
+        _check_keys(loaded)
+        data.update(loaded)
+    data.update(parse_overrides(overrides))
+    return config_from_dict(data)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import attrs
-import msgspec
 import psutil
 
-from crucible.actors import Actor, Timer, handler
+from crucible.actors import Actor, Request, Timer, handler
 from crucible.metrics import MetricRecord, MetricsStore
 
-__all__ = ["SystemSampler", "sample_system"]
+__all__ = ["SampleSystem", "SystemSampler", "sample_system"]
 
 
 def _gpu_samples() -> dict[str, float]:
@@ -53,8 +52,8 @@ def sample_system() -> dict[str, float]:
     return samples
 
 
-class Sample(msgspec.Struct, frozen=True):
-    """Take one sample now (sent by the sampler's own timer)."""
+class SampleSystem(Request[int], frozen=True):
+    """Take one sample now (the sampler's timer sends it too); replies the samples taken."""
 
 
 @attrs.define
@@ -75,10 +74,10 @@ class SystemSampler(Actor[_State]):
 
     async def init(self) -> _State:
         psutil.cpu_percent(interval=None)  # the first reading only starts the measurement
-        return _State(timer=self.send_interval(self.interval, Sample()))
+        return _State(timer=self.send_interval(self.interval, SampleSystem()))
 
     @handler
-    async def sample(self, message: Sample) -> None:
+    async def sample(self, message: SampleSystem) -> int:
         now = datetime.now(UTC)
         records = [
             MetricRecord(self.run_id, f"system/{name}", value, None, now)
@@ -86,3 +85,4 @@ class SystemSampler(Actor[_State]):
         ]
         await self.store.record_many(records)
         self.state.samples += 1
+        return self.state.samples

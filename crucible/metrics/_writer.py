@@ -65,7 +65,7 @@ class GroupCommitWriter:
         self._flush_interval = flush_interval
         self._max_batch = max_batch
         self._cond = threading.Condition()
-        self._pending: list[Chunk] = []
+        self._pending: list[tuple[int, Chunk]] = []  # (ticket, chunk), in arrival order
         self._pending_records = 0
         self._enqueued = 0  # tickets: records accepted so far
         self._written = 0  # tickets handed to sink.write
@@ -88,9 +88,9 @@ class GroupCommitWriter:
         with self._cond:
             if self._closing:
                 raise StoreClosed("the metrics store is closed; open a new one to record")
-            self._pending.append(chunk)
-            self._pending_records += len(chunk.records)
             self._enqueued += max(1, len(chunk.records))
+            self._pending.append((self._enqueued, chunk))
+            self._pending_records += len(chunk.records)
             if self._pending_records >= self._max_batch:
                 self._cond.notify_all()
             return self._enqueued
@@ -152,8 +152,17 @@ class GroupCommitWriter:
                     if self._closing and self._error is not None:
                         return  # close() gave up on a failing sink
                     self._cond.wait(self._flush_interval)
-                chunks, self._pending, self._pending_records = self._pending, [], 0
-                target = self._enqueued
+                # At most about max_batch records per write: bounded transactions and
+                # memory, and the first records become durable sooner.
+                taken = count = 0
+                while count < len(self._pending) and taken < self._max_batch:
+                    taken += len(self._pending[count][1].records)
+                    count += 1
+                batch = self._pending[:count]
+                del self._pending[:count]
+                self._pending_records -= taken
+                chunks = [chunk for _, chunk in batch]
+                target = batch[-1][0] if batch else self._written
                 sync_now = (
                     self._sync_wanted > self._durable
                     or self._closing
@@ -171,8 +180,8 @@ class GroupCommitWriter:
             except BaseException as error:  # reported to every waiter, then retried
                 with self._cond:
                     if self._written < target:
-                        self._pending[:0] = chunks  # keep order: retry them first
-                        self._pending_records += sum(len(c.records) for c in chunks)
+                        self._pending[:0] = batch  # keep order: retry them first
+                        self._pending_records += taken
                     self._error = error
                     self._failures += 1
                     self._cond.notify_all()

@@ -62,3 +62,23 @@ def test_close_reports_records_it_could_not_store() -> None:
     writer.enqueue(Chunk([MetricRecord("run", "m", 1.0)]))
     with pytest.raises(StoreWriteError, match="1 records were not stored"):
         writer.close()
+
+
+def test_each_write_takes_about_max_batch_records_in_arrival_order() -> None:
+    sizes: list[int] = []
+
+    class CountingSink(FlakySink):
+        def write(self, chunks: list[Chunk]) -> None:
+            sizes.append(sum(len(c.records) for c in chunks))
+            super().write(chunks)
+
+    sink = CountingSink(healthy=True)
+    writer = GroupCommitWriter(sink, flush_interval=3600, max_batch=10, name="test")
+    records = [MetricRecord("run", "m", float(i), i) for i in range(40)]
+    with writer._cond:  # hold the writer back until everything is queued
+        for i in range(0, 40, 4):
+            writer.enqueue(Chunk(records[i : i + 4]))
+    writer.wait(writer.enqueued, durable=True)
+    writer.close()
+    assert sink.stored == records
+    assert sum(sizes) == 40 and max(sizes) <= 12  # whole chunks until 10 are taken

@@ -94,6 +94,7 @@ class TinkerService:
         self._tasks = task_group
         self.sessions: dict[str, SessionRecord] = {}
         self.models: dict[str, TrainingModel] = {}
+        self._finished_models: set[str] = set()
         self.samplers: dict[str, Sampler] = {}
         # Retried requests (after a lost answer) map to the first answer.
         self._created_sessions: dict[str, str] = {}
@@ -145,6 +146,8 @@ class TinkerService:
 
     def model(self, model_id: str) -> TrainingModel:
         model = self.models.get(model_id)
+        if model is None and model_id in self._finished_models:
+            raise ServiceError(410, f"the session of model {model_id!r} has finished")
         if model is None:
             raise ServiceError(404, f"no training model {model_id!r} on this server")
         self.session(model.session_id)
@@ -171,6 +174,7 @@ class TinkerService:
         record.finished = True
         for model_id in record.model_ids:
             model = self.models.pop(model_id, None)
+            self._finished_models.add(model_id)
             if model is not None:
                 self._tasks.start_soon(model.backend.aclose)
 

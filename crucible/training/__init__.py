@@ -87,6 +87,12 @@ from crucible.training._session import (
     SessionStatus,
     TrainingFailed,
 )
+from crucible.training._tinker import (
+    TinkerAuthError,
+    TinkerBackend,
+    TinkerBackendConfig,
+    TinkerSamplingClient,
+)
 from crucible.training._tree import TrainingTree, open_training
 
 __all__ = [
@@ -156,6 +162,10 @@ __all__ = [
     "SessionSamplingClient",
     "SessionStatus",
     "Stage",
+    "TinkerAuthError",
+    "TinkerBackend",
+    "TinkerBackendConfig",
+    "TinkerSamplingClient",
     "Tokenizer",
     "TrainingBackend",
     "TrainingFailed",

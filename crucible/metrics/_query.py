@@ -98,14 +98,19 @@ def _step_bounds(steps: StepBounds | None) -> tuple[int | None, int | None, bool
             raise ValueError(f"steps must be a range with step 1, got {steps!r}")
         if len(steps) == 0:
             return None, None, True
-        return steps.start, steps.stop - 1, False
+        return _clamp(steps.start), _clamp(steps.stop - 1), False
     if isinstance(steps, tuple) and len(steps) == 2:
         low, high = steps
         for bound in (low, high):
             if bound is not None and (type(bound) is not int):
                 raise ValueError(f"steps bounds must be ints or None, got {steps!r}")
-        return low, high, False
+        return _clamp(low), _clamp(high), False
     raise ValueError(f"steps must be a range or an inclusive (low, high) tuple, got {steps!r}")
+
+
+def _clamp(bound: int | None) -> int | None:
+    """Keep a bound inside the 64-bit column range; stored steps lie in [0, 2**63 - 1]."""
+    return None if bound is None else min(max(bound, -1), 2**63 - 1)
 
 
 def order_key(record: MetricRecord) -> tuple[bool, int, datetime]:

@@ -77,6 +77,9 @@ async def test_read_filters(store: MetricsStore) -> None:
     assert await values(steps=(None, 1)) == [0.0, 1.0]
     assert await values(steps=(8, None)) == [8.0, 9.0]
     assert await values(steps=range(3, 3)) == []
+    assert await values(steps=(-(2**70), 1)) == [0.0, 1.0]  # beyond 64 bits: still fine
+    assert await values(steps=(8, 2**70)) == [8.0, 9.0]
+    assert await values(steps=(-5, -1)) == []
     assert await values(since=at(7)) == [7.0, 8.0, 9.0]  # since is inclusive
     assert await values(until=at(2)) == [0.0, 1.0]  # until is exclusive
     assert await values(since=at(4), until=at(5)) == [4.0, 100.0]

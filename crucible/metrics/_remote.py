@@ -489,11 +489,16 @@ class _SyncRemote:
         idempotency_key: str | None = None,
     ) -> None:
         batch = coerce_batch(records)
+        checked: set[tuple[str, str]] = set()  # a batch repeats a few names: check each once
         for index, record in enumerate(batch):
+            names = (record.run_id, record.metric)
+            if names in checked:
+                continue
             try:
                 _check_names(record)
             except InvalidRecord as error:
                 raise error.at_index(index) from None
+            checked.add(names)
         if batch:
             self._store._sender.enqueue(batch, idempotency_key)
 

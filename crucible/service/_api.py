@@ -119,10 +119,12 @@ class Api:
             raise _invalid(error) from None
         now = datetime.now(UTC)
         records: list[MetricRecord] = []
+        names_ok: set[str] = set()  # a batch repeats a few names: check each once
         try:
             for index, point in enumerate(batch.metrics):
                 try:
-                    check_metric_name(point.metric)
+                    if point.metric not in names_ok:
+                        names_ok.add(check_metric_name(point.metric))
                     records.append(
                         MetricRecord(
                             run_id,

@@ -38,6 +38,15 @@ def read_series(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, and no GUI toolkit imported
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_run(
     run_dir: str | Path,
     metrics: Sequence[str] | None = None,
@@ -45,11 +54,7 @@ def plot_run(
 ) -> Path:
     """Draw the run's plot; returns the PNG's path. Raises FileNotFoundError without
     metrics.jsonl and KeyError naming unknown metrics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     run = Path(run_dir)
     source = run / "metrics.jsonl"
     if not source.exists():

@@ -58,6 +58,10 @@ from crucible.training import BackendCrashed, BackendOpFailed
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class TooManyRestarts(RuntimeError):
+    """The backend kept failing: more restarts than ``max_restarts``."""
+
+
 class RunDirExists(Exception):
     """The run directory is in use and behavior_if_exists says not to touch it."""
 
@@ -245,9 +249,12 @@ async def _run_incarnations(
                     outcome.skipped_lines = state.skipped_lines
                 return
         except StageFailed as failure:
-            if not _restartable(failure) or outcome.restarts >= config.max_restarts:
+            if not _restartable(failure):
                 outcome.error = str(failure)
                 raise
+            if outcome.restarts >= config.max_restarts:
+                outcome.error = f"gave up after {outcome.restarts} restarts: {failure}"
+                raise TooManyRestarts(outcome.error) from failure
             outcome.restarts += 1
             execute(
                 "crucible_train.restart",

@@ -42,7 +42,7 @@ from crucible.recipes._render import ChatRenderer, datum_weight
 from crucible.recipes._schedule import learning_rate
 from crucible.recipes._workflow import Context, Loop, Recipe, Stage, Step
 from crucible.telemetry import execute
-from crucible.training import DuplicateConfig, TrainingBackend
+from crucible.training import AlreadyExists, DuplicateConfig, TrainingBackend
 
 T = Any
 
@@ -500,7 +500,21 @@ class RegisterModel:
         except DuplicateConfig as duplicate:
             # The same run registered before (a crash after registering, then a resume).
             record = duplicate.existing
+        except AlreadyExists:
+            record = await _registered_version(registry, ctx.config.name, state)
         state.model_id = record.id
+
+
+async def _registered_version(registry: Any, name: str, state: SLState) -> Any:
+    """The model this run registered before it was resumed; an error if the version belongs
+    to another run (same name and run directory name, other weights)."""
+    for record in await registry.list(name=name):
+        if record.version == state.run_id and record.checkpoint_path == state.sampler_path:
+            return record
+    raise AlreadyExists(
+        f"model {name!r} version {state.run_id!r} is registered with other weights; "
+        "give this run another name or log_dir"
+    )
 
 
 class Cleanup:

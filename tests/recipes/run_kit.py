@@ -73,3 +73,34 @@ def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cli_child(
+    argv: list[str],
+    started: Any,
+    stderr_path: str | None = None,
+    started_on: str = "crucible_kitchen.workflow.run.start",
+) -> None:
+    """Run ``python -m crucible.run ARGV`` in a forked child (see ``forked_cli``), setting
+    ``started`` at the first ``started_on`` event (at the default, the run directory and
+    config.json exist); stderr goes to ``stderr_path`` when given."""
+    import os
+    import sys
+
+    from crucible.run import main
+    from crucible.telemetry import attach
+
+    if stderr_path is not None:
+        sys.stderr = open(stderr_path, "w", buffering=1)  # noqa: SIM115 (lives as long as the child)
+    attach("test.started", started_on, lambda *_: started.set())
+    os._exit(main(argv))
+
+
+def forked_cli() -> Any:
+    """A multiprocessing context whose children fork from a server that has already imported
+    crucible.run (torch and all), so a child starts in milliseconds instead of seconds."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.recipes.fork_warmup", "tests.recipes.run_kit"])
+    return context

@@ -1,0 +1,196 @@
+"""Stopping, killing and resuming runs: every (metric, step) exactly once, valid JSONL
+everywhere, and the final weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from crucible.config import load_config
+from crucible.recipes import ProgressReporter
+from crucible.run import StopSwitch, execute_run, main, prepare_run_dir
+from crucible.telemetry import attach, detach
+
+from .run_kit import (
+    cli_child,
+    final_weights,
+    forked_cli,
+    metric_steps,
+    read_jsonl,
+    same_weights,
+    tiny_overrides,
+)
+
+# 3 epochs of 12 batches: long enough to be killed several times, about two seconds of work.
+LONG = {"max_steps": 36, "epochs": 3, "eval_every": 12}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of the LONG config."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_dir = folder / "run"
+    assert main([*tiny_overrides(folder, run_dir, **LONG), "--quiet"]) == 0
+    return run_dir
+
+
+def _assert_like_reference(run_dir: Path, reference: Path) -> None:
+    counts = metric_steps(run_dir)
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
+    assert set(counts) == set(metric_steps(reference))
+    for name in ("checkpoints.jsonl", "telemetry.jsonl"):
+        read_jsonl(run_dir / name)  # every line parses
+    json.loads((run_dir / "summary.json").read_text())
+    assert same_weights(final_weights(run_dir), final_weights(reference))
+
+
+def _run_in_process(
+    folder: Path, run_dir: Path, *, resume: bool, stop_at: int | None = None, **extra: Any
+) -> str:
+    config = load_config(None, tiny_overrides(folder, run_dir, **{**LONG, **extra}))
+    resume = prepare_run_dir(config, run_dir, resume)
+    switch = StopSwitch()
+
+    def stop(_name: str, _m: Mapping[str, Any], metadata: Mapping[str, Any], _c: Any) -> None:
+        if stop_at is not None and metadata.get("step") == stop_at:
+            switch.request()
+
+    attach("test.stop", "crucible_train.batch.stop", stop)
+    try:
+        outcome = anyio.run(
+            lambda: execute_run(
+                config,
+                run_dir,
+                resume=resume,
+                reporter=ProgressReporter(mode="quiet"),
+                handle_signals=False,
+                stop_switch=switch,
+            )
+        )
+    finally:
+        detach("test.stop")
+    return outcome.status
+
+
+def test_a_stopped_and_resumed_run_ends_like_an_uninterrupted_one(
+    tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert _run_in_process(tmp_path, run_dir, resume=False, stop_at=9) == "stopped"
+    # The stop saved a checkpoint of everything submitted by then (step 10: one step ahead).
+    names = [row["name"] for row in read_jsonl(run_dir / "checkpoints.jsonl")]
+    assert names[-1] == "step_000010"
+    assert max(step for _, step in metric_steps(run_dir)) == 10
+    assert _run_in_process(tmp_path, run_dir, resume=True) == "completed"
+    _assert_like_reference(run_dir, reference)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == "step_000010"
+
+
+def test_faults_at_20_percent_converge_to_the_weights_of_a_run_without(tmp_path: Path) -> None:
+    short = {"max_steps": 10, "epochs": 1, "save_every": 1}
+    reference = tmp_path / "reference"
+    assert _run_in_process(tmp_path, reference, resume=False, **short) == "completed"
+    run_dir = tmp_path / "run"
+    status = _run_in_process(tmp_path, run_dir, resume=False, inject_faults=0.2, **short)
+    assert status == "completed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["restarts"] > 0
+    restarts = [
+        row
+        for row in read_jsonl(run_dir / "telemetry.jsonl")
+        if row["event"] == "crucible_train.restart"
+    ]
+    assert len(restarts) == summary["restarts"]
+    _assert_like_reference(run_dir, reference)
+
+
+def _kill_and_resume_until_done(folder: Path, kill_seed: int, kills: int) -> tuple[Path, int]:
+    """Start the LONG run, SIGKILL it at random moments up to ``kills`` times, resuming after
+    each, then let the last resume finish. Returns the run directory and the kills done."""
+    rng = random.Random(kill_seed)
+    run_dir = folder / "run"
+    argv = [*tiny_overrides(folder, run_dir, **LONG), "--quiet"]
+    context = forked_cli()
+    killed = 0
+    while True:
+        started = context.Event()
+        child = context.Process(target=cli_child, args=(argv, started))
+        child.start()
+        if killed < kills:
+            assert started.wait(timeout=60), "the run did not start"
+            time.sleep(rng.uniform(0.0, 0.5))  # a random moment, not a wait for anything
+            child.kill()
+        child.join(timeout=120)
+        if child.exitcode == 0:
+            return run_dir, killed
+        assert child.exitcode == -signal.SIGKILL, f"exit {child.exitcode}"
+        killed += 1
+        argv = ["--resume", str(run_dir), "--quiet"]
+
+
+def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(
+    tmp_path: Path, reference: Path
+) -> None:
+    seeds = (11, 12, 13)
+    results: dict[int, tuple[Path, int] | BaseException] = {}
+
+    def one(seed: int) -> None:
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        try:
+            results[seed] = _kill_and_resume_until_done(folder, seed, kills=4)
+        except BaseException as error:  # reported below, on the test's thread
+            results[seed] = error
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kills = 0
+    for seed in seeds:
+        outcome = results[seed]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        _assert_like_reference(outcome[0], reference)
+        kills += outcome[1]
+    assert kills >= 10
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_resume_command(
+    tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    context = forked_cli()
+    stepped = context.Event()
+    stderr = tmp_path / "stderr.txt"
+    argv = [*tiny_overrides(tmp_path, run_dir, **LONG), "--progress", "lines"]
+    child = context.Process(
+        target=cli_child, args=(argv, stepped, str(stderr), "crucible_train.batch.stop")
+    )
+    child.start()
+    assert stepped.wait(timeout=60), "no training step"
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGINT)
+    child.join(timeout=120)
+    err = stderr.read_text()
+    assert child.exitcode == 130, err
+    assert "Ctrl-C" in err
+    assert f"python -m crucible.run --resume {run_dir}" in err
+    stopped_at = max(step for _, step in metric_steps(run_dir))
+    last = read_jsonl(run_dir / "checkpoints.jsonl")[-1]
+    assert last["batch"] == stopped_at < 36 and not last["final"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0
+    _assert_like_reference(run_dir, reference)

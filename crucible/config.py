@@ -35,6 +35,7 @@ LrSchedule = Literal["constant", "linear", "cosine"]
 TrainOn = Literal["all_assistant", "last_assistant"]
 IfExists = Literal["ask", "delete", "resume", "raise"]
 BackendName = Literal["local", "tinker"]
+ChatTemplateName = Literal["auto", "crucible", "role_colon"]
 FaultKindName = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     lora_rank: int = attrs.field(default=16, validator=_at_least(1))
     lora_alpha: float = attrs.field(default=32.0, validator=_positive)
     num_threads: int | None = attrs.field(default=2, validator=_at_least(1))
+    tinker_base_url: str | None = None  # None: TINKER_BASE_URL, then the Tinker service
+    chat_template: ChatTemplateName = "auto"  # auto: crucible's special tokens on the byte
+    # tokenizer of the local base models, "User: ... Assistant: ..." (role_colon) otherwise
     # -- data
     dataset: str = "default"  # "default" (generated tasks) or a conversations JSONL file
     test_dataset: str | None = None  # JSONL; None: the default split, or a share of `dataset`

@@ -101,3 +101,24 @@ def test_module_entry_point_prints_the_resolved_config() -> None:
     config = json.loads(done.stdout)
     assert config["lr"] == 1e-3 and config["lr_schedule"] == "linear"
     assert config["dataset"] == "default" and config["backend"] == "local"
+
+
+def test_the_tinker_backend_runs_the_recipe_through_the_sdk_on_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unmodified Tinker SDK against crucible's Tinker-compatible server."""
+    from crucible.tinker_server import ServerConfig, running_server
+
+    monkeypatch.setenv("TINKER_API_KEY", "tml-crucible-test")
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    run_dir = tmp_path / "run"
+    server_config = ServerConfig(port=0, root=tmp_path / "server", long_poll_s=5.0)
+    with running_server(server_config) as server:
+        overrides = tiny_overrides(
+            tmp_path, run_dir, max_steps=4, tinker_base_url=server.base_url, lora_rank=4
+        )
+        assert main([*overrides, "--backend", "tinker", "--quiet"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["backend"] == "tinker"
+    assert summary["sampler_path"].startswith("tinker://")
+    assert metric_steps(run_dir)[("train/loss", 4)] == 1

@@ -74,7 +74,9 @@ class SamplingEvaluator:
             return EvalResult(float("nan"), float("nan"))
         nll = await self._nll(client, subset)
         sampler: SamplingClient = await (await client.sampling_client(sampler_path))
-        greedy = types.SamplingParams(max_tokens=self.max_tokens, temperature=0.0, seed=0)
+        greedy = types.SamplingParams(
+            max_tokens=self.max_tokens, temperature=0.0, seed=0, stop=self.renderer.stop
+        )
         pending: list[tuple[Conversation, str, Awaitable[types.SampleResponse]]] = []
         for conversation in subset:
             history, answer = conversation.split_last_answer()

@@ -41,6 +41,27 @@ class ChatTemplate:
         return dict(self.roles)[role]
 
 
+#: Plain text turns for tokenizers without crucible's special tokens (real models on Tinker).
+ROLE_COLON = ChatTemplate(
+    bos="",
+    roles=(("system", "System: "), ("user", "User: "), ("assistant", "Assistant: ")),
+    end="\n\n",
+)
+CRUCIBLE_CHAT = ChatTemplate()
+
+
+def template_for(name: str, tokenizer: Tokenizer) -> ChatTemplate:
+    """``crucible`` / ``role_colon`` by name; ``auto`` picks crucible's special-token template
+    when the tokenizer encodes ``<|end|>`` as one token, role_colon otherwise."""
+    if name == "crucible":
+        return CRUCIBLE_CHAT
+    if name == "role_colon":
+        return ROLE_COLON
+    if name != "auto":
+        raise ValueError(f"unknown chat template {name!r}; known: auto, crucible, role_colon")
+    return CRUCIBLE_CHAT if len(tokenizer.encode(CRUCIBLE_CHAT.end)) == 1 else ROLE_COLON
+
+
 @attrs.frozen
 class RenderedExample:
     tokens: tuple[int, ...]
@@ -82,6 +103,11 @@ class ChatRenderer:
     def strip_answer(self, text: str) -> str:
         """A sampled assistant turn without its end marker."""
         return text.split(self.template.end, 1)[0].strip()
+
+    @property
+    def stop(self) -> list[str]:
+        """Stop sequences for sampling one assistant turn."""
+        return [self.template.end]
 
     def datum(self, conversation: Conversation, train_on: TrainOn, max_length: int) -> types.Datum:
         """A next-token Datum: inputs are tokens[:-1], targets tokens[1:], at most

@@ -53,19 +53,27 @@ def registry_path(config: TrainConfig, log_dir: Path) -> Path:
 
 def check_backend(config: TrainConfig) -> None:
     """Fail early, before a run directory is made, when the backend cannot be built."""
-    if config.backend == "tinker":
-        if not os.environ.get("TINKER_API_KEY"):
-            raise BackendUnavailable(
-                "backend=tinker needs the TINKER_API_KEY environment variable (an API key "
-                "from the Tinker console); or use --backend local"
-            )
+    if config.backend == "tinker" and not os.environ.get("TINKER_API_KEY"):
         raise BackendUnavailable(
-            "backend=tinker: crucible.training has no Tinker SDK adapter yet; use --backend local"
+            "backend=tinker needs the TINKER_API_KEY environment variable (an API key "
+            "from the Tinker console); or use --backend local"
         )
 
 
 def build_backend(config: TrainConfig, log_dir: Path, run_id: str) -> TrainingBackend:
     check_backend(config)
+    if config.backend == "tinker":
+        from crucible.training import TinkerBackend, TinkerBackendConfig
+
+        return TinkerBackend(
+            TinkerBackendConfig(
+                base_model=config.base_model,
+                lora_rank=config.lora_rank,
+                seed=config.seed,
+                base_url=config.tinker_base_url,
+                user_metadata={"crucible_run": run_id},
+            )
+        )
     try:
         from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
     except ImportError as error:  # torch is the `local` extra
@@ -99,6 +107,9 @@ async def open_training_session(
     run meets different faults than the one before it.
     """
     backend = build_backend(config, log_dir, run_id)
+    connect = getattr(backend, "connect", None)
+    if connect is not None:  # Tinker: the session (and a real model's tokenizer) up front
+        await connect()
     client: TrainingBackend = backend
     if config.inject_faults > 0:
         client = FaultyBackend(

@@ -38,7 +38,7 @@ from crucible.metrics import MetricRecord
 from crucible.recipes._batches import BatchPlan
 from crucible.recipes._data import DatasetSplits
 from crucible.recipes._eval import EvalResult, Evaluator, SamplingEvaluator
-from crucible.recipes._render import ChatRenderer, datum_weight
+from crucible.recipes._render import ChatRenderer, datum_weight, template_for
 from crucible.recipes._schedule import learning_rate
 from crucible.recipes._workflow import Context, Loop, Recipe, Stage, Step
 from crucible.telemetry import execute
@@ -285,7 +285,8 @@ class InitSession:
     async def run(self, ctx: SLContext) -> None:
         client: TrainingBackend = ctx.adapter("training_client")
         state = ctx.state
-        state.renderer = ChatRenderer(client.tokenizer)
+        tokenizer = client.tokenizer
+        state.renderer = ChatRenderer(tokenizer, template_for(ctx.config.chat_template, tokenizer))
         manager = ctx.optional("checkpoint_store")
         point = await manager.resume_point() if manager is not None and state.resume else None
         if point is not None:

@@ -34,6 +34,7 @@ from crucible.recipes import (
     SL_BASIC,
     BackendUnavailable,
     Context,
+    DatasetError,
     JsonlDatasetStore,
     ProgressReporter,
     RunFiles,
@@ -490,6 +491,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StageFailed as failure:
+        reporter.close()
+        print(f"error: {failure}", file=sys.stderr)
+        if isinstance(failure.error, DatasetError | ConfigError):
+            return EXIT_USAGE  # bad input: resuming would not help
+        print(f"the run stopped; resume with: {resume_command(run_dir)}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:
         reporter.close()
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rate-burst", type=int, default=400)
     parser.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument(
+        "--ws-queue",
+        type=int,
+        default=256,
+        help="messages a WebSocket may lag before it is dropped",
+    )
     parser.add_argument("--log-level", default="warning")
     commands = parser.add_subparsers(dest="command")
     token = commands.add_parser("token", help="create, list or revoke bearer tokens")
@@ -98,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
     config = ServiceConfig(
-        auth=tokens is not None,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         max_body_bytes=args.max_body_bytes,
+        ws_queue=args.ws_queue,
     )
     app = create_app(args.store, tokens=tokens, config=config)
     print(

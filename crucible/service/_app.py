@@ -56,7 +56,7 @@ def create_app(
 
     `tokens=None` turns authentication off (local use only).
     """
-    config = config or ServiceConfig(auth=tokens is not None)
+    config = config or ServiceConfig()
     stats = ServiceStats()
     broadcaster = Broadcaster(config.ws_queue)
     holder: dict[str, Api] = {}

@@ -9,9 +9,8 @@ __all__ = ["ServiceConfig"]
 
 @attrs.frozen
 class ServiceConfig:
-    """Limits and switches of one server.
+    """Limits of one server (whether tokens are required is `create_app`'s `tokens`).
 
-    - `auth`: require a bearer token on every API and WebSocket route.
     - `rate_limit` requests/s per token on average, `rate_burst` at once.
     - `max_body_bytes`: larger request bodies get 413 before they are read.
     - `max_batch`: points per `POST /metrics/batch` (more get 413).
@@ -19,7 +18,6 @@ class ServiceConfig:
     - `max_page`: the largest `limit` (and `max_points`) a read accepts.
     """
 
-    auth: bool = True
     rate_limit: float = 200.0
     rate_burst: int = 400
     max_body_bytes: int = 4 * 1024 * 1024

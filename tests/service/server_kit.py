@@ -23,7 +23,7 @@ def free_port() -> int:
 
 @attrs.define
 class ServerProcess:
-    """`start()` returns once uvicorn reports the app started; `kill()` is SIGKILL."""
+    """`start()` returns once uvicorn listens (the app started); `kill()` is SIGKILL."""
 
     directory: Path
     port: int = attrs.field(factory=free_port)
@@ -31,6 +31,9 @@ class ServerProcess:
     read_only_token: str = ""
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[str] | None = None
+    startup_log: str = ""
+
+    store: str = ""  # a store URL; default: SQLite in `directory`
 
     def __attrs_post_init__(self) -> None:
         tokens = TokenStore(self.directory / "tokens.db")
@@ -49,7 +52,7 @@ class ServerProcess:
             "-m",
             "crucible.serve",
             "--store",
-            f"sqlite:///{self.directory / 'metrics.db'}",
+            self.store or f"sqlite:///{self.directory / 'metrics.db'}",
             "--tokens",
             str(self.directory / "tokens.db"),
             "--port",
@@ -63,10 +66,11 @@ class ServerProcess:
         )
         assert self.process.stderr is not None
         seen = []
-        for line in self.process.stderr:  # blocks until uvicorn says it is serving
+        for line in self.process.stderr:  # blocks until uvicorn says it is listening
             seen.append(line)
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:
                 os.set_blocking(self.process.stderr.fileno(), False)
+                self.startup_log = "".join(seen)
                 return
         raise RuntimeError("server exited before starting:\n" + "".join(seen))
 

@@ -92,9 +92,7 @@ def test_token_bucket_refills_with_time() -> None:
 
 
 def test_no_auth_mode_serves_without_tokens(tmp_path: Path) -> None:
-    app = create_app(
-        f"sqlite:///{tmp_path / 'm.db'}", tokens=None, config=ServiceConfig(auth=False)
-    )
+    app = create_app(f"sqlite:///{tmp_path / 'm.db'}", tokens=None, config=ServiceConfig())
     with TestClient(app) as client:
         response = client.post("/api/v1/metrics/batch", json={"run_id": "r", "metrics": points(2)})
         assert response.status_code == 200

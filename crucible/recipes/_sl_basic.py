@@ -89,6 +89,7 @@ class SLState:
     step: int = 0  # the step most recently submitted (1-based); 0 before the first
     epoch: int = 0
     inflight: deque[InFlight] = attrs.field(factory=deque)
+    prepared: tuple[int, list[types.Datum]] | None = None  # the next step's rendered batch
     completed: list[InFlight] = attrs.field(factory=list)
     last_logged_step: int = 0
     last_completion: float | None = None
@@ -346,17 +347,31 @@ class EvaluateInitial:
         await run_evaluation(ctx)
 
 
+def _render_batch(ctx: SLContext, step: int) -> list[types.Datum]:
+    state, config = ctx.state, ctx.config
+    assert state.plan is not None and state.splits is not None and state.renderer is not None
+    conversations = state.plan.batch(state.splits.train, step)
+    return [state.renderer.datum(c, config.train_on, config.max_length) for c in conversations]
+
+
 class ForwardBackward:
-    """Submit the current step's batch; the future goes into the state, nothing is awaited."""
+    """Submit the current step's batch; the future goes into the state, nothing is awaited.
+
+    Then it renders the next step's batch, while the backend works: rendering is then off the
+    path between one step's result and the next step's submission.
+    """
 
     name = "forward_backward"
 
     async def run(self, ctx: SLContext) -> None:
-        state, config = ctx.state, ctx.config
-        assert state.plan is not None and state.splits is not None and state.renderer is not None
-        conversations = state.plan.batch(state.splits.train, state.step)
-        data = [state.renderer.datum(c, config.train_on, config.max_length) for c in conversations]
+        state = ctx.state
+        assert state.plan is not None
+        prepared, state.prepared = state.prepared, None
+        data = prepared[1] if prepared and prepared[0] == state.step else None
+        if data is None:
+            data = _render_batch(ctx, state.step)
         epoch, batch = state.plan.position(state.step)
+        config = ctx.config
         lr = learning_rate(
             state.step - 1, state.total_steps, config.lr, config.lr_schedule, config.warmup_steps
         )
@@ -372,6 +387,8 @@ class ForwardBackward:
         client: TrainingBackend = ctx.adapter("training_client")
         entry.fb = await client.forward_backward(data, "cross_entropy")
         state.inflight.append(entry)
+        if state.step < state.total_steps:
+            state.prepared = (state.step + 1, _render_batch(ctx, state.step + 1))
 
 
 class AwaitForwardBackward:

@@ -36,6 +36,7 @@ from crucible.recipes import (
     EvalResult,
     SLState,
     TaskDatasetStore,
+    datum_weight,
     run_workflow,
 )
 from crucible.telemetry import attach, detach
@@ -87,7 +88,7 @@ class SimulatedRemoteBackend:
         return reply
 
     async def forward_backward(self, data: Sequence[types.Datum], loss_fn: str = "") -> _Reply:
-        weights = float(sum(sum(d.loss_fn_inputs["weights"].data) for d in data))  # type: ignore[arg-type]
+        weights = float(sum(datum_weight(d) for d in data))
         return self._submit(
             types.ForwardBackwardOutput(
                 loss_fn_output_type="ArrayRecord",
@@ -181,7 +182,7 @@ async def recipe_loop(steps: int, batch_size: int, compute_s: float, latency_s: 
 
 
 async def _best_of(fn: Any, rounds: int, *args: Any) -> float:
-    return max([await fn(*args) for _ in range(rounds)])
+    return max([float(await fn(*args)) for _ in range(rounds)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

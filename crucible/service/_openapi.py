@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ _ERROR = {
 }
 
 
-def _op(summary: str, *, body: str | None = None, params: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+def _op(summary: str, *, body: str | None = None, params: Sequence[str] = ()) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "responses": {

@@ -8,14 +8,14 @@ from collections import Counter, deque
 __all__ = ["ServiceStats"]
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
     if not pairs:
         return ""
-    body = ",".join(
-        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for key, value in pairs
-    )
-    return "{" + body + "}"
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in pairs) + "}"
 
 
 class ServiceStats:

@@ -1,6 +1,6 @@
 """`python -m crucible.serve`: run the metric service, or manage its tokens.
 
-python -m crucible.serve [--store sqlite:///crucible.db] [--host 127.0.0.1] [--port 8600]
+python -m crucible.serve [--store sqlite://crucible.db] [--host 127.0.0.1] [--port 8600]
                          [--tokens crucible-tokens.db] [--no-auth]
 python -m crucible.serve token create --name NAME [--read-only]
 python -m crucible.serve token list | token revoke --name NAME
@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokens", help=f"token database (default $CRUCIBLE_TOKENS or {DEFAULT_TOKENS})"
     )
-    parser.add_argument("--store", default="sqlite:///crucible.db", help="metrics store URL")
+    parser.add_argument(
+        "--store",
+        default="sqlite://crucible.db",
+        help="metrics store URL (default: crucible.db here)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8600)
     parser.add_argument("--no-auth", action="store_true", help="no tokens (local use only)")

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's package, driven by Playwright): sign in
 with a token, see the runs, open a run's charts, watch them update live, smooth, log scale,
-compare two runs. Set CRUCIBLE_DASHBOARD_SCREENSHOT=docs/dashboard.png to refresh the picture."""
+compare two runs. Set CRUCIBLE_DASHBOARD_SCREENSHOT=docs/dashboard.png to refresh the pictures
+(docs/dashboard.png and docs/dashboard-runs.png)."""
 
 from __future__ import annotations
 
@@ -132,10 +133,16 @@ def test_dashboard_signs_in_charts_updates_live_and_compares(server: ServerProce
             loss.locator(".u-over").dblclick()
             assert x_span() == full
 
-            # Compare two runs on one chart.
+            # Compare two runs on one chart; the list refreshes itself and keeps the ticks.
             page.goto(server.url + "/#/")
             page.check("tr[data-run='baseline'] .pick")
+            post(server, "late-run", "train/loss", range(3), 1.0)
+            expect(page.locator("tr[data-run='late-run']")).to_be_visible(timeout=10_000)
+            expect(page.locator("tr[data-run='baseline'] .pick")).to_be_checked()
             page.check("tr[data-run='lr-3e-4'] .pick")
+            screenshot = os.environ.get("CRUCIBLE_DASHBOARD_SCREENSHOT")
+            if screenshot:  # the runs list too, next to the main picture
+                page.screenshot(path=screenshot.replace(".png", "-runs.png"))
             page.click("#compare")
             overlay = page.locator('.chart[data-metric="train/loss"]')
             expect(overlay).to_have_attribute("data-points", "210")
@@ -146,7 +153,6 @@ def test_dashboard_signs_in_charts_updates_live_and_compares(server: ServerProce
             post(server, "lr-3e-4", "train/loss", range(80, 100), 0.8)
             expect(overlay).to_have_attribute("data-points", "230")
 
-            screenshot = os.environ.get("CRUCIBLE_DASHBOARD_SCREENSHOT")
             if screenshot:
                 page.screenshot(path=screenshot, full_page=True)
             assert errors == []

@@ -65,10 +65,19 @@ $("logout").addEventListener("click", () => {
 
 // -- runs list ---------------------------------------------------------------------------------
 
+const RUNS_REFRESH_MS = 3000;
+let runsTimer = null;
+
 async function showRuns() {
   show("runs");
   $("crumbs").textContent = "";
+  clearTimeout(runsTimer);
   const { runs } = await api("/runs");
+  // The list refreshes itself while it is shown; ticked runs stay ticked.
+  runsTimer = setTimeout(() => {
+    if (!$("runs").hidden && state.token) showRuns().catch(console.error);
+  }, RUNS_REFRESH_MS);
+  const ticked = new Set([...document.querySelectorAll(".pick:checked")].map((box) => box.value));
   const rows = $("run-rows");
   rows.textContent = "";
   $("no-runs").hidden = runs.length > 0;
@@ -80,7 +89,7 @@ async function showRuns() {
       .map(([name, p]) => `<span class="metric-chip"><b>${escapeHtml(name)}</b> ${fmt(p.value)}</span>`)
       .join("");
     row.innerHTML = `
-      <td><input type="checkbox" class="pick" value="${escapeHtml(run.run_id)}"></td>
+      <td><input type="checkbox" class="pick" value="${escapeHtml(run.run_id)}"${ticked.has(run.run_id) ? " checked" : ""}></td>
       <td><a href="#/run/${encodeURIComponent(run.run_id)}">${escapeHtml(run.run_id)}</a></td>
       <td><span class="status ${run.status}">${run.status}</span></td>
       <td>${run.last_step ?? "–"}</td>
@@ -90,7 +99,7 @@ async function showRuns() {
   }
   const picks = () => [...document.querySelectorAll(".pick:checked")].map((box) => box.value);
   rows.onchange = () => ($("compare").disabled = picks().length < 2);
-  $("compare").disabled = true;
+  $("compare").disabled = picks().length < 2;
   $("compare").onclick = () => (location.hash = `#/compare/${picks().map(encodeURIComponent).join(",")}`);
 }
 

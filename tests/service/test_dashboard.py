@@ -66,6 +66,7 @@ def post(server: ServerProcess, run_id: str, metric: str, steps: range, scale: f
 def test_dashboard_signs_in_charts_updates_live_and_compares(server: ServerProcess) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=15_000)  # a loaded CI machine may take a while to paint
     post(server, "baseline", "train/loss", range(100), 1.0)
     post(server, "baseline", "eval/accuracy", range(0, 100, 10), 0.1)
     post(server, "lr-3e-4", "train/loss", range(80), 0.8)

@@ -268,6 +268,8 @@ class _Sender:
         self._retry_max = retry_max
         self._cond = threading.Condition()
         self._pending: list[tuple[list[MetricRecord], str | None]] = []
+        self._pending_records = 0
+        self._pending_since = 0.0  # when the oldest pending record was accepted
         self.enqueued = 0  # tickets: records accepted so far
         self.spooled = 0  # tickets written to the spool file
         self.synced = 0  # tickets fsynced in the spool file
@@ -298,9 +300,13 @@ class _Sender:
         with self._cond:
             if self._closing:
                 raise StoreClosed("the metrics store is closed; open a new one to record")
+            if not self._pending:
+                self._pending_since = time.monotonic()
+                self._cond.notify_all()
             self._pending.append((records, key))
+            self._pending_records += len(records)
             self.enqueued += len(records)
-            if len(self._pending) == 1:
+            if self._pending_records >= self._batch_size:
                 self._cond.notify_all()
             return self.enqueued
 
@@ -354,14 +360,8 @@ class _Sender:
     def _step(self) -> bool:
         """One round: buffer what is pending, deliver what is buffered. True: stop."""
         with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._pending or (self._closing and self._give_up):
-                    break
-                if self._spool.entries and now >= self._retry_at:
-                    break
-                wake = self._retry_at - now if self._spool.entries else None
-                self._cond.wait(wake)
+            while not self._ready_locked():
+                self._cond.wait(self._sleep_locked())
             if self._closing and self._give_up:
                 self._spool_pending_locked()
                 self._spool.sync()
@@ -374,6 +374,29 @@ class _Sender:
                 self.synced = self.spooled
         self._deliver()
         return False
+
+    def _ready_locked(self) -> bool:
+        """Whether there is work: a full batch, records pending for `flush_interval`, a
+        waiter, or buffered requests whose retry time has come."""
+        now = time.monotonic()
+        if self._closing and self._give_up:
+            return True
+        if self._pending and (
+            self._pending_records >= self._batch_size
+            or self._wanted > self.spooled
+            or now - self._pending_since >= self._flush_interval
+        ):
+            return True
+        return bool(self._spool.entries) and now >= self._retry_at
+
+    def _sleep_locked(self) -> float | None:
+        now = time.monotonic()
+        deadlines = []
+        if self._pending:
+            deadlines.append(self._pending_since + self._flush_interval)
+        if self._spool.entries:
+            deadlines.append(self._retry_at)
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _spool_pending_locked(self) -> None:
         if not self._pending:
@@ -393,9 +416,11 @@ class _Sender:
                 self._spool.append(_encode_batches(records, key, self._batch_size), before, after)
             except BaseException:
                 self._pending = groups[index:]  # kept in memory, in order, for the next try
+                self._pending_records = sum(len(records) for records, _ in self._pending)
                 raise
             self.spooled = after
         self._pending = []
+        self._pending_records = 0
         self._cond.notify_all()
 
     def _deliver(self) -> None:

@@ -118,7 +118,8 @@ class TrainConfig:
     # -- fault injection (shows the supervisor at work)
     inject_faults: float = attrs.field(default=0.0, validator=_fraction)
     fault_kinds: tuple[FaultKindName, ...] = ("transient", "crash", "applied_then_failed")
-    max_restarts: int = attrs.field(default=50, validator=_at_least(0))
+    max_restarts: int = attrs.field(default=50, validator=_at_least(0))  # within a minute
+    restart_backoff_s: float = attrs.field(default=1.0, validator=[_finite, _at_least(0)])
     op_timeout_s: float = attrs.field(default=120.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:

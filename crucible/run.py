@@ -244,6 +244,7 @@ async def _run_incarnations(
                     outcome.status = "stopped"
                 finally:
                     switch.ctx = None
+                    outcome.restarts += handles.restarts()
                     outcome.resumed_from = outcome.resumed_from or state.resumed_from
                     outcome.model_id = state.model_id
                     outcome.sampler_path = state.sampler_path

@@ -23,7 +23,12 @@ from rich.progress import (
 
 from crucible.telemetry import attach, detach
 
-_EVENTS = ("crucible_train.batch.stop", "crucible_train.evaluation.stop")
+_EVENTS = (
+    "crucible_train.batch.stop",
+    "crucible_train.evaluation.stop",
+    "crucible_train.restart",
+    "crucible.actor.restarted",
+)
 
 
 class ProgressReporter:
@@ -73,6 +78,15 @@ class ProgressReporter:
     def _handle(
         self, name: str, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
     ) -> None:
+        if name == "crucible.actor.restarted":
+            self.print(f"supervisor: restarted {metadata.get('actor')} ({metadata.get('reason')})")
+            return
+        if name == "crucible_train.restart":
+            self.print(
+                f"the training tree gave up in stage {metadata.get('stage')} "
+                f"({metadata.get('reason')}); restarting it from the last checkpoint"
+            )
+            return
         if name.endswith("evaluation.stop"):
             self.print(
                 f"eval @ step {metadata.get('step')}: nll {measurements.get('nll', 0):.4f}  "

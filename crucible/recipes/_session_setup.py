@@ -1,9 +1,7 @@
 """Building the training side of a run: backend, CheckpointManager and ModelRegistry actors.
 
-This is the one place that knows how a training client is made. Until the supervised Session
-and ``open_training()`` land in ``crucible.training``, it builds the client from the backend
-directly (``local``, or ``faulty(local)`` with ``inject_faults``) and spawns the manager and the
-registry itself; swapping in ``open_training()`` only changes this module.
+This is the one place that knows how a training client is made: the recipe only sees the
+adapters (the TrainingBackend port, the CheckpointManager and ModelRegistry clients).
 """
 
 from __future__ import annotations
@@ -11,23 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import attrs
 
-from crucible.actors import ActorRef, Runtime
+from crucible.actors import Backoff, Runtime
 from crucible.config import ConfigError, TrainConfig
 from crucible.training import (
-    CheckpointManager,
     CheckpointManagerClient,
     CheckpointRecord,
     FaultyBackend,
-    ModelRegistry,
     ModelRegistryClient,
     TrainingBackend,
+    open_training,
 )
 
 
@@ -35,14 +31,19 @@ class BackendUnavailable(RuntimeError):
     """The chosen backend cannot be used here (missing credentials or package)."""
 
 
+#: open_training's restart intensity: at most ``max_restarts`` within this window; the backoff
+#: before the k-th restart in the window doubles from 10 ms up to ``restart_backoff_s``.
+_RESTART_WINDOW_S = 60.0
+
+
 @attrs.frozen
 class TrainingHandles:
-    """The adapters a recipe gets, and the raw backend (for weight snapshots in tests)."""
+    """The adapters a recipe gets, and how often the session was rebuilt so far."""
 
     training_client: TrainingBackend
     checkpoint_store: CheckpointManagerClient
     model_registry: ModelRegistryClient
-    backend: TrainingBackend
+    restarts: Callable[[], int]
 
 
 def registry_path(config: TrainConfig, log_dir: Path) -> Path:
@@ -101,39 +102,49 @@ async def open_training_session(
     *,
     incarnation: int = 0,
 ) -> AsyncIterator[TrainingHandles]:
-    """The training client and its actors for one incarnation of a run.
+    """The training client and its actors for one run: crucible.training's supervised tree
+    (``open_training``: metrics, registry, checkpoint manager, session, rest_for_one).
 
-    With ``inject_faults`` the client is a FaultyBackend seeded per incarnation, so a restarted
-    run meets different faults than the one before it.
+    The client is the Session: a failed backend operation restarts the session from the last
+    state checkpoint and replays, so the run ends with the weights of a run without failures.
+    With ``inject_faults`` each session incarnation's backend is a FaultyBackend with its own
+    seed. ``incarnation`` counts restarts of the whole tree (after it gave up), so those meet
+    other faults too.
     """
-    backend = build_backend(config, log_dir, run_id)
-    connect = getattr(backend, "connect", None)
-    if connect is not None:  # Tinker: the session (and a real model's tokenizer) up front
-        await connect()
-    client: TrainingBackend = backend
-    if config.inject_faults > 0:
-        client = FaultyBackend(
+    check_backend(config)
+
+    def make_backend(session_incarnation: int) -> TrainingBackend:
+        backend = build_backend(config, log_dir, run_id)
+        if config.inject_faults <= 0:
+            return backend
+        return FaultyBackend(
             backend,
-            seed=config.seed * 1000 + incarnation,
+            seed=config.seed * 1_000_003 + incarnation * 1009 + session_incarnation,
             rate=config.inject_faults,
             kinds=config.fault_kinds,
         )
-    refs: list[ActorRef[Any]] = []
-    try:
-        manager = await rt.spawn(CheckpointManager(log_dir, lambda: client))
-        refs.append(manager)
-        registry = await rt.spawn(ModelRegistry(registry_path(config, log_dir)))
-        refs.append(registry)
+
+    async with open_training(
+        rt,
+        make_backend,
+        log_dir,
+        registry_path=registry_path(config, log_dir),
+        name=f"training:{run_id}",
+        max_restarts=config.max_restarts,
+        max_seconds=_RESTART_WINDOW_S,
+        backoff=Backoff(
+            initial=min(0.01, config.restart_backoff_s),
+            maximum=config.restart_backoff_s,
+            seed=config.seed,
+        ),
+        op_timeout=config.op_timeout_s,
+    ) as tree:
         yield TrainingHandles(
-            training_client=client,
-            checkpoint_store=CheckpointManagerClient(manager, timeout=config.op_timeout_s),
-            model_registry=ModelRegistryClient(registry),
-            backend=backend,
+            training_client=tree.session,
+            checkpoint_store=tree.checkpoints,
+            model_registry=tree.registry,
+            restarts=lambda: tree.restarts,
         )
-    finally:
-        for ref in reversed(refs):
-            await ref.stop()
-        await backend.aclose()
 
 
 def latest_state_checkpoint(run_dir: Path) -> CheckpointRecord | None:

@@ -98,7 +98,7 @@ def test_a_stopped_and_resumed_run_ends_like_an_uninterrupted_one(
 
 
 def test_faults_at_20_percent_converge_to_the_weights_of_a_run_without(tmp_path: Path) -> None:
-    short = {"max_steps": 10, "epochs": 1, "save_every": 1}
+    short = {"max_steps": 10, "epochs": 1, "save_every": 1, "restart_backoff_s": 0.02}
     reference = tmp_path / "reference"
     assert _run_in_process(tmp_path, reference, resume=False, **short) == "completed"
     run_dir = tmp_path / "run"
@@ -106,12 +106,8 @@ def test_faults_at_20_percent_converge_to_the_weights_of_a_run_without(tmp_path:
     assert status == "completed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["restarts"] > 0
-    restarts = [
-        row
-        for row in read_jsonl(run_dir / "telemetry.jsonl")
-        if row["event"] == "crucible_train.restart"
-    ]
-    assert len(restarts) == summary["restarts"]
+    events = [row["event"] for row in read_jsonl(run_dir / "telemetry.jsonl")]
+    assert "crucible.actor.restarted" in events  # the training tree's supervisor at work
     _assert_like_reference(run_dir, reference)
 
 

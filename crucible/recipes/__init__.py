@@ -45,6 +45,8 @@ from crucible.recipes._sl_basic import (
     RegisterModel,
     SaveFinal,
     SLState,
+    drain,
+    record_metrics,
     sl_basic_workflow,
 )
 from crucible.recipes._workflow import (
@@ -113,9 +115,11 @@ __all__ = [
     "build_backend",
     "check_adapters",
     "datum_weight",
+    "drain",
     "learning_rate",
     "open_training_session",
     "read_conversations",
+    "record_metrics",
     "run_dir_files",
     "run_workflow",
     "sl_basic_workflow",

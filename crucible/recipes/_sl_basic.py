@@ -136,7 +136,7 @@ async def collect(ctx: SLContext, *, keep_newest: bool) -> None:
         state.completed.append(entry)
 
 
-async def record(ctx: SLContext, step: int, values: dict[str, float]) -> None:
+async def record_metrics(ctx: SLContext, step: int, values: dict[str, float]) -> None:
     """Record metrics at ``step`` into the metrics store (if any) and ``ctx.metrics``."""
     ctx.metrics.update(values)
     store = ctx.optional("metrics_store")
@@ -174,7 +174,7 @@ async def log_completed(ctx: SLContext) -> None:
             "train/grad_norm": grad_norm,
             "train/epoch": float(entry.epoch),
         }
-        await record(ctx, entry.step, values)
+        await record_metrics(ctx, entry.step, values)
         state.last_logged_step = entry.step
         execute(
             "crucible_train.batch.stop",
@@ -249,7 +249,7 @@ async def run_evaluation(ctx: SLContext, sampler_path: str | None = None) -> Eva
     ctx.state.last_eval_step = ctx.state.step
     if not ctx.state.first_eval:
         ctx.state.first_eval = values
-    await record(ctx, ctx.state.step, values)
+    await record_metrics(ctx, ctx.state.step, values)
     execute(
         "crucible_train.evaluation.stop",
         {"nll": result.nll, "accuracy": result.accuracy, "duration": _ns(started)},

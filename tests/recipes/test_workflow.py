@@ -176,3 +176,16 @@ def test_sl_basic_declares_its_ports_and_stages() -> None:
         "register_model",
         "cleanup",
     ]
+
+
+def test_the_custom_stage_example_in_docs_recipes_md_builds_a_recipe() -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
+    code = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[-1]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/recipes.md", "exec"), namespace)
+    names = namespace["MY_RECIPE"].stage_names()
+    assert names[names.index("checkpoint") + 1] == "grad_norm_alarm"
+    assert SL_BASIC.stage_names() == [n for n in names if n != "grad_norm_alarm"]

@@ -122,3 +122,24 @@ def test_the_tinker_backend_runs_the_recipe_through_the_sdk_on_loopback(
     assert summary["status"] == "completed" and summary["backend"] == "tinker"
     assert summary["sampler_path"].startswith("tinker://")
     assert metric_steps(run_dir)[("train/loss", 4)] == 1
+
+
+def test_a_run_continued_from_another_records_it_as_parent(tmp_path: Path) -> None:
+    from crucible.training import RegistryStore
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*tiny_overrides(tmp_path, first, max_steps=2), "--quiet"]) == 0
+    overrides = tiny_overrides(tmp_path, second, max_steps=2, init_from=str(first))
+    assert main([*overrides, "--quiet"]) == 0
+    parent_id = json.loads((first / "summary.json").read_text())["model_id"]
+    child_id = json.loads((second / "summary.json").read_text())["model_id"]
+    store = RegistryStore(tmp_path / "registry.sqlite")
+    try:
+        assert store.get(child_id).parent_id == parent_id
+        assert [m.id for m in store.ancestors(child_id)] == [parent_id]
+    finally:
+        store.close()
+    # It started from the first run's weights: its first loss is the first run's last.
+    first_losses = [r for r in read_jsonl(first / "metrics.jsonl") if r["metric"] == "eval/nll"]
+    second_losses = [r for r in read_jsonl(second / "metrics.jsonl") if r["metric"] == "eval/nll"]
+    assert second_losses[0]["value"] == pytest.approx(first_losses[-1]["value"], rel=1e-5)

@@ -226,8 +226,13 @@ class PostgresMetricsStore(BufferedStore):
                     "ORDER BY version DESC LIMIT 1"
                 )
                 if applied is None:
+                    # Installed files are not enough: the server must also preload the
+                    # library, or CREATE EXTENSION fails (unless it is already created).
                     timescale = await con.fetchval(
-                        "SELECT true FROM pg_available_extensions WHERE name = 'timescaledb'"
+                        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions "
+                        "WHERE name = 'timescaledb') AND (EXISTS (SELECT 1 FROM pg_extension "
+                        "WHERE extname = 'timescaledb') OR current_setting("
+                        "'shared_preload_libraries') LIKE '%timescaledb%')"
                     )
                     version, layout = 0, "timescaledb" if timescale else "plain"
                 else:

@@ -279,10 +279,12 @@ class JsonlFile:
                 self._keys[mark.key] = mark
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        # Marks first: after a power cut, a durable mark whose batch is missing is voided on
+        # repair, while a durable batch whose mark was lost would be stored again on retry.
         if self._keys_dirty:
             self._keys_dirty = False
             os.fsync(self._keys_fd)
+        os.fsync(self._fd)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
 __all__ = ["SYSTEM_PREFIX", "Api"]
 
 SYSTEM_PREFIX = "system/"
+_RECENT_KEYS = 100_000  # idempotency keys remembered to keep retries out of the live stream
 LIVE_WINDOW = timedelta(seconds=60)  # a run that logged this recently shows as "live"
 _decode_batch = msgspec.json.Decoder(BatchIn).decode
 _decode_system = msgspec.json.Decoder(SystemBatchIn).decode
@@ -107,6 +108,7 @@ class Api:
         self.config = config
         self.stats = stats
         self.broadcaster = broadcaster
+        self._recent_keys: dict[str, None] = {}  # insertion-ordered: the oldest goes first
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -171,6 +173,14 @@ class Api:
                 422, "invalid_parameter", "Idempotency-Key must be 1-200 printable characters"
             )
         await self.store.record_many(records, idempotency_key=key)
+        if key is not None:
+            # The store ignores a key it has seen, silently; a retry answered here before
+            # is not pushed or counted twice (one seen before this process is, rarely).
+            if key in self._recent_keys:
+                return json_response({"run_id": run_id, "accepted": len(records)})
+            self._recent_keys[key] = None
+            if len(self._recent_keys) > _RECENT_KEYS:
+                del self._recent_keys[next(iter(self._recent_keys))]
         self.stats.count_ingest(len(records))
         if records and self.broadcaster.has_subscribers(run_id):
             message = _encode({"run_id": run_id, "points": records})

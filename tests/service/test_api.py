@@ -57,6 +57,7 @@ def test_idempotency_key_stores_a_resent_batch_once(svc: Service) -> None:
         assert response.status_code == 200
     svc.post("run-1", points(10, start=10), **{"Idempotency-Key": "batch-2"})
     assert [p["step"] for p in stored(svc)] == list(range(20))
+    assert "crucible_metrics_ingested_total 20" in svc.get("/metrics").text
 
 
 @pytest.mark.parametrize(

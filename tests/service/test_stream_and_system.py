@@ -34,7 +34,8 @@ def test_websocket_pushes_points_as_they_are_ingested(tmp_path: Path, backend: s
         ):
             assert one.accepted_subprotocol == "crucible"
             svc.post("run-2", points(1))  # another run: not pushed here
-            svc.post("run-1", points(3))
+            svc.post("run-1", points(3), **{"Idempotency-Key": "k1"})
+            svc.post("run-1", points(3), **{"Idempotency-Key": "k1"})  # a retry: not pushed
             svc.post("run-1", points(2, start=3))
             for ws in (one, two):
                 first = json.loads(ws.receive_text())

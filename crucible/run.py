@@ -488,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         print(f"\naborted; resume with: {resume_command(run_dir)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BackendUnavailable as error:
+    except (BackendUnavailable, ConfigError) as error:
         reporter.close()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -190,3 +190,29 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_resume_command(
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
     assert main(["--resume", str(run_dir), "--quiet"]) == 0
     _assert_like_reference(run_dir, reference)
+
+
+def test_a_crash_exits_1_with_the_error_and_the_resume_command_and_resume_finishes(
+    tmp_path: Path,
+    reference: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from crucible.recipes import Evaluate
+
+    async def crash_at_24(self: Evaluate, ctx: Any) -> None:
+        if ctx.state.step == 24:
+            raise RuntimeError("the GPU caught fire")
+        await original(self, ctx)
+
+    original = Evaluate.run
+    monkeypatch.setattr(Evaluate, "run", crash_at_24)
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir, **LONG), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'evaluate' failed: RuntimeError: the GPU caught fire" in err
+    assert f"resume with: python -m crucible.run --resume {run_dir}" in err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(Evaluate, "run", original)
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0
+    _assert_like_reference(run_dir, reference)

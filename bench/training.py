@@ -4,8 +4,8 @@
    default model, called directly on the engine (the baseline: plain torch, same thread) and
    through LocalBackend's async two-stage API (worker thread, futures). The ratio is the cost of
    keeping torch off the event loop.
-2. Session overhead (200 train steps through the Session actor vs calling a 50 ms-per-op
-   backend directly): added with the Session actor, see ``session_overhead`` below.
+2. Session overhead: 200 train steps through the supervised Session actor vs calling a
+   50 ms-per-op backend directly (bench/session_overhead.py).
 """
 
 from __future__ import annotations
@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     session_overhead()
 
 
-def session_overhead() -> None:
-    """Placeholder for the Session actor benchmark (issue 6 §6, first half): 200 train steps
-    through the Session actor against a backend that sleeps 50 ms per op, vs the same backend
-    called directly; print the overhead per step (target <= 1%). Lands with the Session."""
-    print("session overhead: not measured yet (needs the Session actor)")
+def session_overhead(steps: int = 200) -> None:
+    """200 train steps through the Session actor against a backend that takes 50 ms per op,
+    vs the same backend called directly (bench/session_overhead.py)."""
+    from bench.session_overhead import run
+
+    run(steps)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
 
-from crucible.actors import open_runtime
+from crucible.actors import Runtime, open_runtime
 from crucible.config import ConfigError, TrainConfig, config_to_dict, load_config
 from crucible.metrics import JsonlMetricsStore, MetricRecord
 from crucible.recipes import (
@@ -53,8 +53,9 @@ from crucible.recipes._session_setup import (
     latest_state_checkpoint,
     source_run_id,
 )
+from crucible.recipes._tasks import TaskName
 from crucible.telemetry import JsonlHandler, execute
-from crucible.training import BackendCrashed, BackendOpFailed
+from crucible.training import BackendCrashed, BackendOpFailed, ModelRegistryClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -106,7 +107,8 @@ def resume_command(run_dir: Path) -> str:
 
 def _dataset_store(config: TrainConfig) -> Any:
     if config.dataset == "default":
-        return TaskDatasetStore(tasks=config.tasks, shuffle_seed=config.seed)  # type: ignore[arg-type]
+        tasks = cast("tuple[TaskName, ...]", config.tasks)  # checked by TrainConfig
+        return TaskDatasetStore(tasks=tasks, shuffle_seed=config.seed)
     return JsonlDatasetStore(
         config.dataset,
         config.test_dataset,
@@ -195,7 +197,7 @@ async def _run_incarnations(
     config: TrainConfig,
     files: RunFiles,
     run_id: str,
-    rt: Any,
+    rt: Runtime,
     resume: bool,
     switch: StopSwitch,
     outcome: RunOutcome,
@@ -267,7 +269,7 @@ async def _run_incarnations(
             await store.close()
 
 
-async def _parent_model(registry: Any, source: Path) -> int | None:
+async def _parent_model(registry: ModelRegistryClient, source: Path) -> int | None:
     run_id = source_run_id(source)
     if run_id is None:
         return None

@@ -27,7 +27,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import TypeVar
 
 import anyio
 import attrs
@@ -42,9 +42,17 @@ from crucible.recipes._render import ChatRenderer, datum_weight, template_for
 from crucible.recipes._schedule import learning_rate
 from crucible.recipes._workflow import Context, Loop, Recipe, Stage, Step
 from crucible.telemetry import execute
-from crucible.training import AlreadyExists, DuplicateConfig, TrainingBackend
+from crucible.training import (
+    AlreadyExists,
+    CheckpointKind,
+    CheckpointManagerClient,
+    DuplicateConfig,
+    ModelRecord,
+    ModelRegistryClient,
+    TrainingBackend,
+)
 
-T = Any
+T = TypeVar("T")
 
 REQUIRED_PORTS = ("training_client", "dataset_store")
 OPTIONAL_PORTS = (
@@ -204,7 +212,7 @@ async def drain(ctx: SLContext) -> None:
 
 
 async def save_checkpoint(
-    ctx: SLContext, *, final: bool = False, kind: str = "state"
+    ctx: SLContext, *, final: bool = False, kind: CheckpointKind = "state"
 ) -> str | None:
     """Drain, make the metrics durable, then checkpoint through the CheckpointManager.
 
@@ -215,7 +223,7 @@ async def save_checkpoint(
     store = ctx.optional("metrics_store")
     if store is not None:
         await store.flush()
-    manager = ctx.optional("checkpoint_store")
+    manager: CheckpointManagerClient | None = ctx.optional("checkpoint_store")
     if manager is None:
         return None
     state = ctx.state
@@ -235,7 +243,7 @@ async def save_checkpoint(
             "final": final,
         },
     )
-    return saved.sampler_path  # type: ignore[no-any-return]
+    return saved.sampler_path
 
 
 async def run_evaluation(ctx: SLContext, sampler_path: str | None = None) -> EvalResult:
@@ -523,7 +531,9 @@ class RegisterModel:
         state.model_id = record.id
 
 
-async def _registered_version(registry: Any, name: str, state: SLState) -> Any:
+async def _registered_version(
+    registry: ModelRegistryClient, name: str, state: SLState
+) -> ModelRecord:
     """The model this run registered before it was resumed; an error if the version belongs
     to another run (same name and run directory name, other weights)."""
     for record in await registry.list(name=name):

@@ -125,7 +125,7 @@ def _kill_and_resume_until_done(folder: Path, kill_seed: int, kills: int) -> tup
         child.start()
         if killed < kills:
             assert started.wait(timeout=60), "the run did not start"
-            time.sleep(rng.uniform(0.0, 0.5))  # a random moment, not a wait for anything
+            time.sleep(rng.uniform(0.0, 0.4))  # a random moment, not a wait for anything
             child.kill()
         child.join(timeout=120)
         if child.exitcode == 0:
@@ -145,7 +145,7 @@ def test_sigkill_at_random_moments_then_resume_loses_and_repeats_nothing(
         folder = tmp_path / f"seed{seed}"
         folder.mkdir()
         try:
-            results[seed] = _kill_and_resume_until_done(folder, seed, kills=4)
+            results[seed] = _kill_and_resume_until_done(folder, seed, kills=5)
         except BaseException as error:  # reported below, on the test's thread
             results[seed] = error
 

@@ -100,6 +100,8 @@ class SLState:
     prepared: tuple[int, list[types.Datum]] | None = None  # the next step's rendered batch
     completed: list[InFlight] = attrs.field(factory=list)
     last_logged_step: int = 0
+    # when the last step's results were seen; None after a pause (evaluation, checkpoint), so
+    # the next step's time is counted from its own submission
     last_completion: float | None = None
     started_at: float = attrs.field(factory=time.perf_counter)
     first_eval: dict[str, float] = attrs.field(factory=dict)
@@ -233,6 +235,7 @@ async def save_checkpoint(
     saved = await manager.save(
         step=state.step, metrics=metrics, kind=kind, final=final, epoch=state.epoch
     )
+    state.last_completion = None
     execute(
         "crucible_train.checkpoint.saved",
         {"step": state.step},
@@ -254,6 +257,7 @@ async def run_evaluation(ctx: SLContext, sampler_path: str | None = None) -> Eva
     result = await evaluator.evaluate(ctx.adapter("training_client"), sampler_path)
     values = result.metrics()
     ctx.state.last_eval = values
+    ctx.state.last_completion = None
     ctx.state.last_eval_step = ctx.state.step
     if not ctx.state.first_eval:
         ctx.state.first_eval = values

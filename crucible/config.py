@@ -36,6 +36,19 @@ TrainOn = Literal["all_assistant", "last_assistant"]
 IfExists = Literal["ask", "delete", "resume", "raise"]
 BackendName = Literal["local", "tinker"]
 ChatTemplateName = Literal["auto", "crucible", "role_colon"]
+#: The TrainingBackend (and SamplingClient) operations FaultyBackend can fault.
+BACKEND_OPS = (
+    "forward_backward",
+    "forward",
+    "optim_step",
+    "save_state",
+    "load_state",
+    "save_weights_for_sampler",
+    "delete_checkpoint",
+    "sampling_client",
+    "sample",
+    "compute_logprobs",
+)
 FaultKindName = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
 
 
@@ -118,6 +131,15 @@ class TrainConfig:
     # -- fault injection (shows the supervisor at work)
     inject_faults: float = attrs.field(default=0.0, validator=_fraction)
     fault_kinds: tuple[FaultKindName, ...] = ("transient", "crash", "applied_then_failed")
+    # The ops that get faults; empty: every op. By default the training ops, not evaluation's
+    # sampling: hundreds of sample calls per evaluation would almost surely meet a crash.
+    fault_ops: tuple[str, ...] = (
+        "forward_backward",
+        "optim_step",
+        "save_state",
+        "load_state",
+        "save_weights_for_sampler",
+    )
     max_restarts: int = attrs.field(default=50, validator=_at_least(0))  # within a minute
     restart_backoff_s: float = attrs.field(default=1.0, validator=[_finite, _at_least(0)])
     op_timeout_s: float = attrs.field(default=120.0, validator=_positive)
@@ -133,6 +155,11 @@ class TrainConfig:
             )
         if not self.fault_kinds:
             raise ConfigError("fault_kinds must name at least one fault kind")
+        unknown_ops = sorted(set(self.fault_ops) - set(BACKEND_OPS))
+        if unknown_ops:
+            raise ConfigError(
+                f"fault_ops has unknown ops {unknown_ops}; known: {', '.join(BACKEND_OPS)}"
+            )
 
 
 attrs.resolve_types(TrainConfig)  # the annotations are strings (postponed evaluation)

@@ -47,6 +47,7 @@ def test_config_round_trips_through_its_json_form() -> None:
         (["tasks=['chess']"], "tasks must be a non-empty list from"),
         (["fault_kinds=['meteor']"], "fault_kinds must be a list of one of latency"),
         (["name=a/b"], "name must be a plain non-empty name"),
+        (["fault_ops=['optim']"], "fault_ops has unknown ops ['optim']; known: forward_backward"),
         (["skip_bad_lines=1"], "skip_bad_lines must be true or false"),
         (["lr"], "override 'lr' is not of the form key=value"),
     ],

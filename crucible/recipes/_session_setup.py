@@ -122,6 +122,7 @@ async def open_training_session(
             seed=config.seed * 1_000_003 + incarnation * 1009 + session_incarnation,
             rate=config.inject_faults,
             kinds=config.fault_kinds,
+            ops=config.fault_ops or None,
         )
 
     async with open_training(

@@ -143,3 +143,24 @@ def test_a_run_continued_from_another_records_it_as_parent(tmp_path: Path) -> No
     first_losses = [r for r in read_jsonl(first / "metrics.jsonl") if r["metric"] == "eval/nll"]
     second_losses = [r for r in read_jsonl(second / "metrics.jsonl") if r["metric"] == "eval/nll"]
     assert second_losses[0]["value"] == pytest.approx(first_losses[-1]["value"], rel=1e-5)
+
+
+def test_a_run_continued_past_its_end_registers_a_new_version_with_the_old_as_parent(
+    tmp_path: Path,
+) -> None:
+    from crucible.training import RegistryStore
+
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir, max_steps=4), "--quiet"]) == 0
+    assert main(["--resume", str(run_dir), "--quiet"]) == 0  # already done: nothing new
+    assert main(["--resume", str(run_dir), "max_steps=6", "--quiet"]) == 0
+    store = RegistryStore(tmp_path / "registry.sqlite")
+    try:
+        models = store.list_models("sl_basic", None, None)
+    finally:
+        store.close()
+    by_version = {m.version: m for m in models}
+    assert set(by_version) == {"run", "run@step6"}
+    assert by_version["run@step6"].parent_id == by_version["run"].id
+    assert metric_steps(run_dir)[("train/loss", 6)] == 1
+    assert max(metric_steps(run_dir).values()) == 1

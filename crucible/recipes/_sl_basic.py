@@ -43,7 +43,6 @@ from crucible.recipes._schedule import learning_rate
 from crucible.recipes._workflow import Context, Loop, Recipe, Stage, Step
 from crucible.telemetry import execute
 from crucible.training import (
-    AlreadyExists,
     CheckpointKind,
     CheckpointManagerClient,
     DuplicateConfig,
@@ -505,48 +504,52 @@ class FinalEvaluate:
 
 
 class RegisterModel:
-    """Register the final model with its config, metrics and lineage."""
+    """Register the final model with its config, metrics and lineage.
+
+    The version is the run id. A run that registered before and is resumed finds its model
+    again; a run continued past its end (``--resume`` with a larger ``max_steps``) registers
+    ``<run id>@step<N>`` with the earlier version as its parent.
+    """
 
     name = "register_model"
 
     async def run(self, ctx: SLContext) -> None:
-        registry = ctx.optional("model_registry")
+        registry: ModelRegistryClient | None = ctx.optional("model_registry")
         state = ctx.state
         if registry is None or state.sampler_path is None:
             return
+        parent, version = state.parent_model_id, state.run_id
+        earlier = await _registered(registry, ctx.config.name, version)
+        if earlier is not None and earlier.checkpoint_path == state.sampler_path:
+            state.model_id = earlier.id  # registered before a crash; this is a resume
+            return
+        if earlier is not None:
+            parent, version = earlier.id, f"{state.run_id}@step{state.step}"
         metrics = {k: v for k, v in ctx.metrics.items() if math.isfinite(v)}
         try:
             record = await registry.register(
                 name=ctx.config.name,
-                version=state.run_id,
+                version=version,
                 base_model=ctx.config.base_model,
                 recipe="sl_basic",
                 training_config=config_to_dict(ctx.config),
                 checkpoint_path=state.sampler_path,
                 metrics=metrics,
                 tags=("sl_basic", f"run:{state.run_id}"),
-                parent=state.parent_model_id,
+                parent=parent,
             )
         except DuplicateConfig as duplicate:
-            # The same run registered before (a crash after registering, then a resume).
+            # The same config was registered by a run in another directory (log_dir is part
+            # of the config, so only a copied run directory gets here): that model it is.
             record = duplicate.existing
-        except AlreadyExists:
-            record = await _registered_version(registry, ctx.config.name, state)
         state.model_id = record.id
 
 
-async def _registered_version(
-    registry: ModelRegistryClient, name: str, state: SLState
-) -> ModelRecord:
-    """The model this run registered before it was resumed; an error if the version belongs
-    to another run (same name and run directory name, other weights)."""
+async def _registered(registry: ModelRegistryClient, name: str, version: str) -> ModelRecord | None:
     for record in await registry.list(name=name):
-        if record.version == state.run_id and record.checkpoint_path == state.sampler_path:
+        if record.version == version:
             return record
-    raise AlreadyExists(
-        f"model {name!r} version {state.run_id!r} is registered with other weights; "
-        "give this run another name or log_dir"
-    )
+    return None
 
 
 class Cleanup:

@@ -33,9 +33,11 @@ from crucible.metrics import JsonlMetricsStore, MetricRecord
 from crucible.recipes import (
     SL_BASIC,
     BackendUnavailable,
+    BatchPlan,
     Context,
     DatasetError,
     JsonlDatasetStore,
+    MissingAdapters,
     ProgressReporter,
     RunFiles,
     SLState,
@@ -105,7 +107,7 @@ def resume_command(run_dir: Path) -> str:
     return f"python -m crucible.run --resume {shlex.quote(str(run_dir))}"
 
 
-def _dataset_store(config: TrainConfig) -> Any:
+def _dataset_store(config: TrainConfig) -> TaskDatasetStore | JsonlDatasetStore:
     if config.dataset == "default":
         tasks = cast("tuple[TaskName, ...]", config.tasks)  # checked by TrainConfig
         return TaskDatasetStore(tasks=tasks, shuffle_seed=config.seed)
@@ -434,6 +436,29 @@ def _ask(run_dir: Path) -> str:
     return {"r": "resume", "d": "delete"}.get(answer.strip().lower()[:1], "raise")
 
 
+def dry_run(config: TrainConfig) -> int:
+    """Check everything that can be checked without training: the config, the backend's
+    prerequisites, the dataset (every line), the batch plan and the recipe's adapters."""
+    try:
+        check_backend(config)
+        store = _dataset_store(config)
+        splits = store.load_sync()
+        plan = BatchPlan(len(splits.train), config.batch_size, config.epochs, config.max_steps)
+        adapters = {"training_client": config.backend, "dataset_store": store}
+        check_adapters(SL_BASIC, adapters)
+    except (BackendUnavailable, DatasetError, MissingAdapters, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    skipped = f", {splits.skipped_lines} bad lines skipped" if splits.skipped_lines else ""
+    print(
+        f"config ok: {len(splits.train)} training and {len(splits.test)} test conversations"
+        f"{skipped}; {plan.total_steps} steps of {config.batch_size} "
+        f"({plan.batches_per_epoch} per epoch) on the {config.backend} backend\n"
+        f"recipe {SL_BASIC.name}: {', '.join(SL_BASIC.stage_names())}"
+    )
+    return EXIT_OK
+
+
 def _print_summary(outcome: RunOutcome, out: Any) -> None:
     s = outcome.summary
 
@@ -469,9 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(config_to_dict(config), indent=2))
         return EXIT_OK
     if args.dry_run:
-        check_adapters(SL_BASIC, {"training_client": object(), "dataset_store": object()})
-        print(f"config ok; recipe {SL_BASIC.name}: {', '.join(SL_BASIC.stage_names())}")
-        return EXIT_OK
+        return dry_run(config)
     run_dir = default_run_dir(config)
     try:
         check_backend(config)

@@ -164,3 +164,19 @@ def test_a_run_continued_past_its_end_registers_a_new_version_with_the_old_as_pa
     assert by_version["run@step6"].parent_id == by_version["run"].id
     assert metric_steps(run_dir)[("train/loss", 6)] == 1
     assert max(metric_steps(run_dir).values()) == 1
+
+
+def test_dry_run_checks_config_backend_and_every_data_line_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir, epochs=2), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "48 training and 8 test conversations; 8 steps of 4 (12 per epoch)" in out
+    assert "forward_backward, await_fb, optim_step, await_optim" in out
+    assert not run_dir.exists()
+    overrides = tiny_overrides(tmp_path, run_dir)
+    train = tmp_path / "train.jsonl"
+    train.write_text(train.read_text() + "{broken\n")
+    assert main([*overrides, "--dry-run"]) == 2
+    assert "not a conversation" in capsys.readouterr().err

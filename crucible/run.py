@@ -183,9 +183,12 @@ async def execute_run(
                 tasks.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # task groups wrap errors: report the one that happened
         leaves = _leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
+        error = leaves[0] if len(leaves) == 1 else group
+        if outcome.error is None and isinstance(error, Exception):
+            outcome.error = f"{type(error).__name__}: {error}"
+        if error is group:
+            raise
+        raise error from None
     finally:
         telemetry.close()
         outcome.summary = await _write_summary(

@@ -97,7 +97,10 @@ _CATALOG: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ),
             ("crucible.session.status", "A training session changed status (from, to)."),
             ("crucible.checkpoint.saved", "The CheckpointManager saved a checkpoint (name)."),
+            ("crucible.checkpoint.retry", "A checkpoint backend call failed and is retried."),
+            ("crucible.checkpoint.pruned", "The CheckpointManager pruned checkpoints (removed)."),
             ("crucible.registry.registered", "The ModelRegistry registered a model version."),
+            ("crucible.registry.promoted", "A model version moved to another stage."),
         ),
     ),
 )

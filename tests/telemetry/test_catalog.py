@@ -51,7 +51,10 @@ def test_the_crucible_category_holds_the_runtime_events() -> None:
         "crucible.actor.escalated",
         "crucible.session.status",
         "crucible.checkpoint.saved",
+        "crucible.checkpoint.retry",
+        "crucible.checkpoint.pruned",
         "crucible.registry.registered",
+        "crucible.registry.promoted",
     } == set(crucible)
 
 
@@ -65,7 +68,7 @@ def test_event_info() -> None:
 
 def test_every_name_is_unique_and_listed_once() -> None:
     names = telemetry.standard_events()
-    assert len(names) == len(set(names)) == 31
+    assert len(names) == len(set(names)) == 34
     for category, members in telemetry.events_by_category().items():
         for name in members:
             info = telemetry.event_info(name)

@@ -79,7 +79,9 @@ class ProgressReporter:
         self, name: str, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
     ) -> None:
         if name == "crucible.actor.restarted":
-            self.print(f"supervisor: restarted {metadata.get('actor')} ({metadata.get('reason')})")
+            reason = metadata.get("reason")
+            why = f" ({reason})" if reason and reason != "None" else ""
+            self.print(f"supervisor: restarted {metadata.get('actor')}{why}")
             return
         if name == "crucible_train.restart":
             self.print(

@@ -73,6 +73,10 @@ class TrainingFailed(Exception):
     """The training tree gave up (more restarts than allowed); names the last failure."""
 
 
+class UnknownOperation(ValueError):
+    """The session was asked for an operation it does not have."""
+
+
 class OperationTimedOut(Exception):
     """A backend operation did not finish within the session's ``op_timeout`` (a hang)."""
 
@@ -190,7 +194,7 @@ class SessionStatus(msgspec.Struct, frozen=True):
 class Session(Actor[None]):
     """Owns one backend incarnation and submits the journal's operations to it in order."""
 
-    caller_errors = REJECTED
+    caller_errors = (*REJECTED, TrainingFailed, UnknownOperation)
 
     def __init__(
         self,
@@ -265,7 +269,9 @@ class Session(Actor[None]):
         if self.journal.failure is not None:
             raise self.journal.failure
         if message.op not in OPS:
-            raise ValueError(f"unknown session operation {message.op!r}")
+            raise UnknownOperation(
+                f"unknown session operation {message.op!r}; one of {sorted(OPS)}"
+            )
         self._track_status(message.op)
         entry = self.journal.new(message.op, message.args)
         if not self._broken:  # once failing, only record: the next incarnation replays it

@@ -25,6 +25,7 @@ from crucible.training import (
     TrainingFailed,
     open_training,
 )
+from crucible.training._session import UnknownOperation
 from crucible.training.local import LocalBackend, LocalBackendConfig
 
 from .training_kit import ADAM, TINY_TASK
@@ -273,3 +274,15 @@ async def test_the_tree_reports_crashes_restarts_and_status_as_telemetry(
     statuses = [m["status"] for name, m in seen if name == "crucible.session.status"]
     assert statuses[:3] == ["initializing", "ready", "training"]
     assert "failed" in statuses
+
+
+async def test_an_unknown_operation_is_refused_without_harming_the_session(
+    make_config: Callable[..., LocalBackendConfig], tmp_path: Path
+) -> None:
+    async with open_runtime() as rt, open_training(rt, Backends(make_config), tmp_path) as tree:
+        with pytest.raises(UnknownOperation, match="'explode'"):
+            await tree.session._submit("explode")
+        fb, optim = await tree.session.train_step(TINY_TASK[:2], ADAM)
+        await fb
+        await optim
+        assert tree.restarts == 0

@@ -85,6 +85,20 @@ _CATALOG: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
     (
+        # Emitted by crucible.recipes: the workflow runner's spans and the recipe's own steps.
+        "recipes",
+        (
+            ("crucible_kitchen.workflow.run.start", "A recipe's workflow started."),
+            ("crucible_kitchen.workflow.run.stop", "A recipe's workflow finished (duration)."),
+            ("crucible_kitchen.workflow.run.exception", "A recipe's workflow failed."),
+            ("crucible_kitchen.stage.run.start", "A workflow stage started (stage name)."),
+            ("crucible_kitchen.stage.run.stop", "A workflow stage finished (duration)."),
+            ("crucible_kitchen.stage.run.exception", "A workflow stage failed (kind, reason)."),
+            ("crucible_train.evaluation.stop", "An evaluation finished (NLL, exact match)."),
+            ("crucible_train.restart", "A run restarted from its last checkpoint."),
+        ),
+    ),
+    (
         # The runtime's own events, emitted by the layers that own them (crucible.actors,
         # crucible.training); defined here so every consumer shares one vocabulary.
         "crucible",

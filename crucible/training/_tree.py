@@ -89,7 +89,11 @@ async def open_training(
         execute(
             f"crucible.actor.{event.kind}",
             {"delay_s": event.delay} if event.delay is not None else {},
-            {"actor": event.actor, "supervisor": event.supervisor, "reason": str(event.reason)},
+            {
+                "actor": event.actor,
+                "supervisor": event.supervisor,
+                "reason": None if event.reason is None else str(event.reason),
+            },
         )
         if event.kind == "escalated" and event.actor == f"Supervisor({name!r})":
             journal.give_up(event.reason.error if event.reason else None)

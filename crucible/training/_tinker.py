@@ -5,15 +5,15 @@ How it drives the SDK, and why:
 - Only the plain methods (``forward_backward``, ``optim_step``, ``save_state`` ...), never the
   deprecated ``*_async`` ones; each returns an ``APIFuture`` at once. The SDK runs all its work
   on its own thread and asyncio loop, so its futures are bridged through their
-  ``concurrent.futures.Future``: a worker thread waits on it (``anyio.to_thread``), which works
-  the same from asyncio and trio and never blocks the caller's loop.
+  ``concurrent.futures.Future``: its done-callback wakes the caller's loop, asyncio or trio,
+  so waiting blocks neither that loop nor a thread.
 - Nothing here ever cancels an SDK future. A caller that is cancelled or times out only stops
   waiting: cancelling a training future that is still queued wedges its TrainingClient for
   good (its seq_id is never sent, so every later request waits forever).
 - No retries: the SDK already retries connection errors and 408/409/429/5xx (for up to about
   5 minutes per request), so an error that reaches us is final for that request.
 - The first call that needs the session (``ServiceClient`` builds it lazily, synchronously,
-  with retries) runs on this backend's setup thread, off the event loop.
+  with retries) runs on a daemon setup thread, off the event loop.
 - ``load_state`` builds a new TrainingClient with
   ``create_training_client_from_state(_with_optimizer)`` once everything submitted before it
   has finished, as the SDK asks (``TrainingClient.load_state*`` is deprecated). A backend whose
@@ -28,16 +28,18 @@ How it drives the SDK, and why:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import anyio
 import attrs
+import sniffio
 import tinker
 from tinker import types
 
@@ -54,7 +56,6 @@ from crucible.training._errors import (
     UnknownBaseModel,
     UnsupportedLossFn,
 )
-from crucible.training._futures import BackendFuture
 from crucible.training._protocol import Tokenizer
 
 T = TypeVar("T")
@@ -154,6 +155,58 @@ def _in_sdk_context(call: Callable[..., T], *args: Any) -> T:
     return contextvars.Context().run(call, *args)
 
 
+class TinkerFuture(Generic[T]):
+    """The result of a submitted operation; await it any number of times, from asyncio or
+    trio. Waiting uses no thread: the SDK's completion callback wakes the waiting loop
+    (``call_soon_threadsafe`` / ``run_sync_soon``). A cancelled waiter only stops waiting."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future[T]) -> None:
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    async def result_async(self) -> T:
+        if not self._future.done():
+            woken = anyio.Event()
+            self._future.add_done_callback(_waker(woken))
+            await woken.wait()
+        return self._future.result()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result_async().__await__()
+
+
+def _waker(event: anyio.Event) -> Callable[[concurrent.futures.Future[Any]], None]:
+    """A done-callback (run on whatever thread completes the future) that sets ``event`` on
+    the current event loop without blocking that thread."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio(_future: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(event.set)
+
+        return wake_trio
+    loop = asyncio.get_running_loop()
+
+    def wake_asyncio(_future: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(event.set)
+
+    return wake_asyncio
+
+
+def _in_background(work: Callable[[], None]) -> None:
+    """Run blocking SDK setup (building the session retries for minutes when the service is
+    down) on a daemon thread, so that it never holds up the event loop or interpreter exit."""
+    threading.Thread(target=work, name="crucible-tinker-setup", daemon=True).start()
+
+
 def _settle(
     target: concurrent.futures.Future[Any], value: Any, error: BaseException | None
 ) -> None:
@@ -195,14 +248,14 @@ class TinkerSamplingClient:
         prompt: types.ModelInput,
         num_samples: int,
         sampling_params: types.SamplingParams,
-    ) -> BackendFuture[types.SampleResponse]:
+    ) -> TinkerFuture[types.SampleResponse]:
         sample = self.sampler.sample
         future = _in_sdk_context(sample, prompt, num_samples, sampling_params).future()
-        return BackendFuture(self._backend._bridge("sample", future))
+        return TinkerFuture(self._backend._bridge("sample", future))
 
-    async def compute_logprobs(self, prompt: types.ModelInput) -> BackendFuture[list[float | None]]:
+    async def compute_logprobs(self, prompt: types.ModelInput) -> TinkerFuture[list[float | None]]:
         future = _in_sdk_context(self.sampler.compute_logprobs, prompt).future()
-        return BackendFuture(self._backend._bridge("compute_logprobs", future))
+        return TinkerFuture(self._backend._bridge("compute_logprobs", future))
 
 
 class TinkerBackend:
@@ -216,9 +269,6 @@ class TinkerBackend:
         self.config = config
         self.service = tinker.ServiceClient(
             user_metadata=config.user_metadata, base_url=config.base_url, api_key=config.api_key
-        )
-        self._setup = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="crucible-tinker-setup"
         )
         self._client: concurrent.futures.Future[Any] | None = None
         self._submit_lock = anyio.Lock()
@@ -324,7 +374,7 @@ class TinkerBackend:
 
             sdk_future.add_done_callback(created)
 
-        self._setup.submit(run)
+        _in_background(run)
         return client
 
     def _create_lora(self, service: tinker.ServiceClient) -> Any:
@@ -349,7 +399,7 @@ class TinkerBackend:
         """The current TrainingClient, creating the first one if needed (admission)."""
         if self._client is None:
             self._client = self._start_client(self._create_lora)
-        return await BackendFuture(self._client)
+        return await TinkerFuture(self._client)
 
     async def connect(self) -> None:
         """Create the TrainingClient now instead of at the first operation."""
@@ -362,7 +412,7 @@ class TinkerBackend:
         op: str,
         call: Callable[[Any], Any],
         convert: Callable[[Any], Any] | None = None,
-    ) -> BackendFuture[Any]:
+    ) -> TinkerFuture[Any]:
         """Submit in call order: the lock is held from waiting for the client until the SDK
         call has handed the request to its own thread (which then keeps the order)."""
         self._check_open()
@@ -376,7 +426,7 @@ class TinkerBackend:
             future = self._bridge(op, sdk_future, convert)
             if op in _STATE_OPS or op in ("forward", "save_state", "save_weights_for_sampler"):
                 self._training = [f for f in self._training if not f.done()] + [future]
-            return BackendFuture(future)
+            return TinkerFuture(future)
 
     # -- the port ----------------------------------------------------------------------------
 
@@ -413,22 +463,22 @@ class TinkerBackend:
 
     async def forward_backward(
         self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
-    ) -> BackendFuture[types.ForwardBackwardOutput]:
+    ) -> TinkerFuture[types.ForwardBackwardOutput]:
         return await self._submit(
             "forward_backward", lambda client: client.forward_backward(list(data), loss_fn)
         )
 
     async def forward(
         self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
-    ) -> BackendFuture[types.ForwardBackwardOutput]:
+    ) -> TinkerFuture[types.ForwardBackwardOutput]:
         return await self._submit("forward", lambda client: client.forward(list(data), loss_fn))
 
     async def optim_step(
         self, adam_params: types.AdamParams
-    ) -> BackendFuture[types.OptimStepResponse]:
+    ) -> TinkerFuture[types.OptimStepResponse]:
         return await self._submit("optim_step", lambda client: client.optim_step(adam_params))
 
-    async def save_state(self, name: str) -> BackendFuture[types.SaveWeightsResponse]:
+    async def save_state(self, name: str) -> TinkerFuture[types.SaveWeightsResponse]:
         # overwrite=True: saving a name again replaces it, as on the local backend, so a save
         # replayed after a restart does not fail on the copy the lost client already wrote.
         return await self._submit(
@@ -437,14 +487,14 @@ class TinkerBackend:
 
     async def save_weights_for_sampler(
         self, name: str
-    ) -> BackendFuture[types.SaveWeightsForSamplerResponse]:
+    ) -> TinkerFuture[types.SaveWeightsForSamplerResponse]:
         return await self._submit(
             "save_weights_for_sampler", lambda client: client.save_weights_for_sampler(name)
         )
 
     async def load_state(
         self, path: str, with_optimizer: bool = True
-    ) -> BackendFuture[types.LoadWeightsResponse]:
+    ) -> TinkerFuture[types.LoadWeightsResponse]:
         """A new TrainingClient built from ``path`` replaces the current one, after everything
         submitted before has finished."""
         self._check_open()
@@ -494,7 +544,7 @@ class TinkerBackend:
                 "load_state", loaded
             )
             self._training = [future]
-            return BackendFuture(future)
+            return TinkerFuture(future)
 
     @staticmethod
     def _chain(
@@ -506,7 +556,7 @@ class TinkerBackend:
 
         source.add_done_callback(copy)
 
-    async def sampling_client(self, path: str | None = None) -> BackendFuture[TinkerSamplingClient]:
+    async def sampling_client(self, path: str | None = None) -> TinkerFuture[TinkerSamplingClient]:
         """Over sampler (or state) weights at ``path``, or over a snapshot of the current
         weights taken in submission order (``save_weights_and_get_sampling_client``)."""
 
@@ -529,10 +579,10 @@ class TinkerBackend:
             except BaseException as error:
                 _settle(created, None, error)
 
-        self._setup.submit(create)
-        return BackendFuture(self._bridge("sampling_client", created, wrap))
+        _in_background(create)
+        return TinkerFuture(self._bridge("sampling_client", created, wrap))
 
-    async def delete_checkpoint(self, path: str) -> BackendFuture[None]:
+    async def delete_checkpoint(self, path: str) -> TinkerFuture[None]:
         """Through the REST API; deleting a missing checkpoint is not an error."""
         if self._closed:
             raise BackendClosed("the tinker backend is closed; create a new one")
@@ -556,12 +606,12 @@ class TinkerBackend:
 
             source.add_done_callback(finished)
 
-        self._setup.submit(delete)
-        return BackendFuture(self._bridge("delete_checkpoint", deleted))
+        _in_background(delete)
+        return TinkerFuture(self._bridge("delete_checkpoint", deleted))
 
     async def aclose(self) -> None:
         """Wait for submitted work (unless the client is wedged), finish the Tinker session
-        and release the setup thread. Cancelling this stops waiting, not the work."""
+        Cancelling this stops waiting, not the work."""
         if self._closed:
             return
         self._closed = True
@@ -570,15 +620,21 @@ class TinkerBackend:
                 pending = list(self._pending)
             for future in pending:
                 with contextlib.suppress(Exception):  # its caller sees the error
-                    await BackendFuture(future)
+                    await TinkerFuture(future)
         status: Literal["success", "errored"] = "errored" if self.lost else "success"
-        closing = self._setup.submit(lambda: self.service.close(status).result(timeout=60))
-        try:
-            await BackendFuture(closing)
-        except Exception:
-            pass  # finishing the session is best effort; the server expires it anyway
-        finally:
-            self._setup.shutdown(wait=False)
+        closing: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def close() -> None:
+            try:
+                self.service.close(status).result(timeout=60)
+            except BaseException as error:
+                _settle(closing, None, error)
+            else:
+                _settle(closing, None, None)
+
+        _in_background(close)
+        with contextlib.suppress(Exception):  # best effort: the service expires it anyway
+            await TinkerFuture(closing)
 
     async def __aenter__(self) -> TinkerBackend:
         return self

@@ -274,3 +274,73 @@ async def test_server_faults_change_nothing_but_time(
     assert {fault.when for fault in faulty_server.faults} == {"before", "after"}
     assert unreliable_losses == reliable_losses
     np.testing.assert_array_equal(unreliable_probe, reliable_probe)
+
+
+class TinkerBackends:
+    """A factory for the supervised session: a new TinkerBackend (a new Tinker session) per
+    incarnation."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+        self.built: list[TinkerBackend] = []
+
+    def __call__(self, incarnation: int) -> TrainingBackend:
+        backend = TinkerBackend(tinker_config(self.server))
+        self.built.append(backend)
+        return backend
+
+
+async def _finish_tinker_session(server: RunningServer, backend: TinkerBackend) -> None:
+    """What a service-side expiry does: the client's models become unknown (410)."""
+    session_id = backend.info().model_id.split(":")[0]
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{server.base_url}/api/v1/sessions/{session_id}/finish",
+            json={"reason": {"type": "errored"}},
+            headers={"X-API-Key": API_KEY},
+        )
+    assert response.status_code == 200
+
+
+async def _supervised_run(
+    server: RunningServer, log_dir: Path, *, lose_client_after: int | None
+) -> tuple[list[float], int, np.ndarray]:
+    from crucible.actors import Backoff, open_runtime
+    from crucible.training import open_training
+
+    backends = TinkerBackends(server)
+    losses = []
+    async with (
+        open_runtime() as rt,
+        open_training(rt, backends, log_dir, backoff=Backoff.none()) as training,
+    ):
+        session = training.session
+        for step, batch in enumerate(BATCHES, start=1):
+            fwd_bwd, optim = await session.train_step(batch, ADAM)
+            losses.append((await fwd_bwd).metrics["loss:sum"])
+            await optim
+            if step == 2:
+                await training.checkpoints.save(step)
+            if step == lose_client_after:
+                await _finish_tinker_session(server, backends.built[-1])
+        final = np.asarray(
+            (await (await session.forward(PROBE))).loss_fn_outputs[0]["logprobs"].to_numpy()
+        )
+        return losses, training.restarts, final
+
+
+async def test_the_supervised_session_rebuilds_a_lost_tinker_client_and_replays(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The Tinker client is lost after step 3; the session's next incarnation builds a new
+    client from the step-2 checkpoint (create_training_client_from_state_with_optimizer),
+    replays step 3 and carries on: the run ends with the weights of a run without the loss."""
+    clean_losses, clean_restarts, clean = await _supervised_run(
+        server, tmp_path / "clean", lose_client_after=None
+    )
+    losses, restarts, recovered = await _supervised_run(
+        server, tmp_path / "lost", lose_client_after=3
+    )
+    assert clean_restarts == 0 and restarts == 1
+    assert losses == clean_losses
+    np.testing.assert_array_equal(recovered, clean)

@@ -26,6 +26,7 @@ from crucible.training import (
     TinkerBackend,
     TinkerBackendConfig,
     TrainingBackend,
+    UnknownBaseModel,
 )
 from crucible.training.local import ByteTokenizer, LocalBackend, LocalBackendConfig, LoraConfig
 
@@ -190,6 +191,13 @@ async def test_a_refused_request_raises_a_typed_error_and_the_client_carries_on(
 async def test_a_bad_api_key_is_an_auth_error(server: RunningServer) -> None:
     async with TinkerBackend(tinker_config(server, api_key="tml-not-this-one")) as backend:
         with pytest.raises(TinkerAuthError, match="401"):
+            await backend.forward_backward(BATCHES[0])
+
+
+async def test_an_unknown_base_model_fails_the_first_operation(server: RunningServer) -> None:
+    async with TinkerBackend(tinker_config(server, base_model="Qwen/Qwen3-8B")) as backend:
+        assert backend.info().model_name == "Qwen/Qwen3-8B"  # from the config until connected
+        with pytest.raises(UnknownBaseModel, match="crucible/tiny-2l-128"):
             await backend.forward_backward(BATCHES[0])
 
 

@@ -1,0 +1,98 @@
+"""The cost of Tinker's wire protocol: ``python -m bench.tinker``.
+
+A pipelined train step (forward_backward, then optim_step submitted before the first result
+is awaited) on the local backend called directly (the baseline), and the same step through the
+tinker backend: the real SDK, HTTP on loopback (protobuf bodies, long-polled futures) to the
+local Tinker-compatible server, which runs the same LocalBackend. Both train the same model
+on the same batch; modes take turns in every round so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import anyio
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.training import ADAM, chat_batch, measure, tokens_in
+from crucible.tinker_server import ServerConfig, running_server
+from crucible.training import TinkerBackend, TinkerBackendConfig
+from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
+
+API_KEY = "tml-bench"
+RANK = 16
+
+
+async def compare(
+    base_url: str, root: str, batch_size: int, steps: int, rounds: int
+) -> dict[str, float]:
+    data = chat_batch(batch_size)
+    local_config = LocalBackendConfig(
+        lora=LoraConfig(rank=RANK, alpha=2.0 * RANK), seed=0, checkpoint_root=root, run_id="bench"
+    )
+    remote_config = TinkerBackendConfig(
+        base_model="crucible/tiny-2l-128",
+        lora_rank=RANK,
+        seed=0,
+        base_url=base_url,
+        api_key=API_KEY,
+    )
+    async with LocalBackend(local_config) as local, TinkerBackend(remote_config) as remote:
+
+        async def local_step() -> None:
+            fwd_bwd = await local.forward_backward(data)
+            optim = await local.optim_step(ADAM)
+            await fwd_bwd
+            await optim
+
+        async def remote_step() -> None:
+            fwd_bwd = await remote.forward_backward(data)
+            optim = await remote.optim_step(ADAM)
+            await fwd_bwd
+            await optim
+
+        modes = {
+            "LocalBackend (baseline)": local_step,
+            "TinkerBackend -> loopback server": remote_step,
+        }
+        await measure(modes, steps=2, rounds=1)  # warm up: connection, session, first model
+        return await measure(modes, steps, rounds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="train steps per mode per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TINKER_TELEMETRY", "0")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as root:
+        config = ServerConfig(port=0, root=root, api_keys={API_KEY})
+        with running_server(config) as server:
+            results = anyio.run(
+                compare, server.base_url, root, args.batch_size, args.steps, args.rounds
+            )
+    tokens = tokens_in(chat_batch(args.batch_size))
+    baseline = results["LocalBackend (baseline)"]
+    table = Table(
+        title=f"train step, crucible/tiny-2l-128, LoRA r{RANK}, batch {args.batch_size} "
+        f"({tokens} tokens), median of {args.rounds} rounds x {args.steps} steps, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+    )
+    for column in ("mode", "ms/step", "tokens/s", "vs local"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, seconds in results.items():
+        table.add_row(
+            mode, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{seconds / baseline:.2f}x"
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -610,12 +610,14 @@ class TinkerBackend:
         return TinkerFuture(self._bridge("delete_checkpoint", deleted))
 
     async def aclose(self) -> None:
-        """Wait for submitted work (unless the client is wedged), finish the Tinker session
+        """Wait for submitted work (unless the client is lost), finish the Tinker session
         Cancelling this stops waiting, not the work."""
         if self._closed:
             return
         self._closed = True
-        if self._wedged is None:
+        # A lost client's requests may never finish (a failed chunk leaves its turn unused,
+        # which wedges every later request), so only a healthy client's work is waited for.
+        if not self.lost:
             with self._lock:
                 pending = list(self._pending)
             for future in pending:

@@ -15,19 +15,24 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+import tinker
 from tinker import types
 
 from crucible.tinker_server import RunningServer, ServerConfig, running_server
 from crucible.training import (
     BackendCrashed,
     BackendOpFailed,
+    CheckpointNotFound,
+    InvalidCheckpointPath,
     InvalidDatum,
     TinkerAuthError,
     TinkerBackend,
     TinkerBackendConfig,
     TrainingBackend,
     UnknownBaseModel,
+    UnsupportedLossFn,
 )
+from crucible.training._tinker import crucible_error
 from crucible.training.local import ByteTokenizer, LocalBackend, LocalBackendConfig, LoraConfig
 
 pytestmark = pytest.mark.anyio
@@ -352,3 +357,42 @@ async def test_the_supervised_session_rebuilds_a_lost_tinker_client_and_replays(
     assert clean_restarts == 0 and restarts == 1
     assert losses == clean_losses
     np.testing.assert_array_equal(recovered, clean)
+
+
+def _status(cls: type[tinker.APIStatusError], status: int, detail: str = "no") -> BaseException:
+    request = httpx.Request("POST", "http://127.0.0.1/api/v1/op")
+    response = httpx.Response(status, request=request, json={"detail": detail})
+    return cls(f"Error code: {status} - {detail}", response=response, body={"detail": detail})
+
+
+def _failed(category: types.RequestErrorCategory, message: str = "boom") -> BaseException:
+    return tinker.RequestFailedError(message, request_id="r", category=category)
+
+
+USER = types.RequestErrorCategory.User
+SERVER = types.RequestErrorCategory.Server
+CONNECTION = tinker.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1/"))
+
+
+@pytest.mark.parametrize(
+    ("op", "error", "expected"),
+    [
+        ("forward_backward", _failed(USER), InvalidDatum),
+        ("forward_backward", _failed(USER, "UnsupportedLossFn: ppo"), UnsupportedLossFn),
+        ("load_state", _failed(USER, "CheckpointNotFound: no run"), CheckpointNotFound),
+        ("load_state", _status(tinker.NotFoundError, 404), CheckpointNotFound),
+        ("load_state", _status(tinker.BadRequestError, 400), InvalidCheckpointPath),
+        ("create", _status(tinker.BadRequestError, 400), UnknownBaseModel),
+        ("optim_step", _status(tinker.NotFoundError, 404), BackendOpFailed),  # model unknown
+        ("optim_step", _failed(SERVER), BackendOpFailed),
+        ("forward_backward", CONNECTION, BackendOpFailed),
+        ("forward_backward", _status(tinker.InternalServerError, 503), BackendOpFailed),
+        ("forward_backward", ValueError("No data provided"), InvalidDatum),
+        ("create", _status(tinker.AuthenticationError, 401), TinkerAuthError),
+        ("optim_step", RuntimeError("this TrainingClient is poisoned"), BackendCrashed),
+    ],
+)
+def test_sdk_errors_map_to_crucible_errors(op: str, error: BaseException, expected: type) -> None:
+    mapped = crucible_error(op, error)
+    assert type(mapped) is expected
+    assert op in str(mapped) and type(error).__name__ in str(mapped)

@@ -396,3 +396,23 @@ def test_sdk_errors_map_to_crucible_errors(op: str, error: BaseException, expect
     mapped = crucible_error(op, error)
     assert type(mapped) is expected
     assert op in str(mapped) and type(error).__name__ in str(mapped)
+
+
+async def test_a_cancelled_sdk_future_wedges_the_client_and_fails_what_waits() -> None:
+    """Crucible never cancels an SDK future; if something else does, the TrainingClient is
+    wedged (that seq_id is never sent): every pending and later operation gets BackendCrashed
+    instead of waiting forever."""
+    import concurrent.futures
+
+    backend = TinkerBackend(TinkerBackendConfig(base_model=BASE_MODEL, api_key=API_KEY))
+    queued: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    behind: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    waiting = backend._bridge("optim_step", behind)
+    backend._bridge("forward_backward", queued)
+    queued.cancel()
+    assert backend.lost
+    with pytest.raises(BackendCrashed, match="cancelled"):
+        waiting.result(timeout=5)
+    with pytest.raises(BackendCrashed, match="build a new backend"):
+        await backend.forward_backward(BATCHES[0])
+    await backend.aclose()

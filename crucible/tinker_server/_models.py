@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from crucible.tinker_server._errors import ServiceError
-from crucible.tinker_server._futures import FutureTable, Pending
+from crucible.tinker_server._errors import ServiceError, category, describe
+from crucible.tinker_server._futures import FutureTable, Outcome, Pending
 from crucible.tinker_server._paths import RunInfo
 from crucible.training.local import LocalBackend
 
@@ -60,5 +60,8 @@ class TrainingModel:
             while self.next_seq in self._waiting:
                 ready, run = self._waiting.pop(self.next_seq)
                 self.next_seq += 1
-                await run(ready)
+                try:
+                    await run(ready)
+                except Exception as error:  # every accepted request must get an outcome
+                    ready.resolve(Outcome.failed(describe(error), category(error)))
             return pending.request_id

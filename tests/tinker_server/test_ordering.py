@@ -70,6 +70,22 @@ def test_a_gap_holds_later_requests_until_it_is_filled() -> None:
     anyio.run(main)
 
 
+def test_a_request_whose_submission_fails_still_gets_an_outcome() -> None:
+    async def main() -> None:
+        model, futures = _model(), FutureTable()
+
+        async def broken(_pending: Pending) -> None:
+            raise ValueError("cannot decode this datum")
+
+        request_id = await model.accept(1, futures, broken)
+        pending = futures.get(request_id)
+        assert pending is not None and pending.outcome is not None
+        assert b'"category": "user"' in pending.outcome.body
+        assert model.next_seq == 2
+
+    anyio.run(main)
+
+
 def test_chunked_forward_backward_accumulates_like_one_local_batch(
     server: RunningServer, tmp_path: Any
 ) -> None:

@@ -273,7 +273,8 @@ class TinkerBackend:
         self._client: concurrent.futures.Future[Any] | None = None
         self._submit_lock = anyio.Lock()
         self._lock = threading.Lock()  # guards _pending, touched from the SDK's thread
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        # Each pending result (target) and the SDK future it waits on (source).
+        self._pending: dict[concurrent.futures.Future[Any], concurrent.futures.Future[Any]] = {}
         self._training: list[concurrent.futures.Future[Any]] = []
         self._lost: str | None = None
         self._wedged: str | None = None
@@ -305,11 +306,11 @@ class TinkerBackend:
         ever cancelled, the TrainingClient is wedged and every pending operation fails."""
         target: concurrent.futures.Future[U] = concurrent.futures.Future()
         with self._lock:
-            self._pending.add(target)
+            self._pending[target] = source
 
         def done(finished: concurrent.futures.Future[T]) -> None:
             with self._lock:
-                self._pending.discard(target)
+                self._pending.pop(target, None)
             if finished.cancelled():
                 self._wedge(f"a queued {op} request was cancelled")
                 return
@@ -332,7 +333,7 @@ class TinkerBackend:
     def _wedge(self, reason: str) -> None:
         self._wedged = self._wedged or reason
         with self._lock:
-            pending, self._pending = list(self._pending), set()
+            pending, self._pending = list(self._pending), {}
         for future in pending:
             _settle(future, None, self._crashed())
 
@@ -610,14 +611,19 @@ class TinkerBackend:
         return TinkerFuture(self._bridge("delete_checkpoint", deleted))
 
     async def aclose(self) -> None:
-        """Wait for submitted work (unless the client is lost), finish the Tinker session
-        Cancelling this stops waiting, not the work."""
+        """Wait for submitted work, then finish the Tinker session. Cancelling this stops
+        waiting, not the work. A lost client's requests may never finish (a failed chunk leaves
+        its turn unused, which wedges every later request): they are abandoned (cancelled in
+        the SDK, harmless for a client nobody will use again) instead of waited for."""
         if self._closed:
             return
         self._closed = True
-        # A lost client's requests may never finish (a failed chunk leaves its turn unused,
-        # which wedges every later request), so only a healthy client's work is waited for.
-        if not self.lost:
+        if self.lost:
+            with self._lock:
+                abandoned = list(self._pending.values())
+            for source in abandoned:
+                source.cancel()
+        else:
             with self._lock:
                 pending = list(self._pending)
             for future in pending:

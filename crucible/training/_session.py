@@ -222,6 +222,10 @@ class Session(Actor[None]):
         journal.incarnations += 1
         self._set_status("initializing")
         self.backend = journal.make_backend(incarnation)
+        connect = getattr(self.backend, "connect", None)
+        if connect is not None:  # a remote backend (Tinker) learns its model id on connecting
+            with anyio.fail_after(self.op_timeout):
+                await connect()
         journal.tokenizer = self.backend.tokenizer
         journal.info = self.backend.info()
         if journal.base is not None:

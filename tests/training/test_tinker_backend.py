@@ -328,6 +328,7 @@ async def _supervised_run(
         open_training(rt, backends, log_dir, backoff=Backoff.none()) as training,
     ):
         session = training.session
+        assert session.info().model_id  # the session connected before answering anything
         for step, batch in enumerate(BATCHES, start=1):
             fwd_bwd, optim = await session.train_step(batch, ADAM)
             losses.append((await fwd_bwd).metrics["loss:sum"])

@@ -36,11 +36,10 @@ def make_record(
     )
 
 
-class SyncFacade:
-    """`store.sync`: record from a synchronous training loop without touching disk."""
-
-    def __init__(self, store: BufferedStore) -> None:
-        self._store = store
+class SyncRecorder:
+    """The recording half of every store's ``store.sync``: records are built and validated on
+    the caller's thread, then handed to the store's own ``_submit`` (which never does I/O
+    there unless the store is ``durable``)."""
 
     def record(
         self,
@@ -53,9 +52,8 @@ class SyncFacade:
         timestamp: datetime | None = None,
     ) -> MetricRecord:
         record = make_record(run_id, metric, value, step, metadata, timestamp)
-        ticket = self._store._enqueue(Chunk([record]))
-        if self._store.durable:
-            self._store._writer.wait(ticket, durable=True)
+        self._validate([record], indexed=False)
+        self._submit([record], None)
         return record
 
     def record_many(
@@ -65,6 +63,23 @@ class SyncFacade:
         idempotency_key: str | None = None,
     ) -> None:
         batch = coerce_batch(records)
+        self._validate(batch, indexed=True)
+        self._submit(batch, idempotency_key)
+
+    def _validate(self, batch: list[MetricRecord], *, indexed: bool) -> None:
+        """Checks beyond MetricRecord's own (``indexed``: name the record's batch index)."""
+
+    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> None:
+        raise NotImplementedError
+
+
+class SyncFacade(SyncRecorder):
+    """`store.sync`: record from a synchronous training loop without touching disk."""
+
+    def __init__(self, store: BufferedStore) -> None:
+        self._store = store
+
+    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> None:
         if not batch:
             return
         ticket = self._store._enqueue(Chunk(batch, idempotency_key))

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from ._buffered import make_record
+from ._buffered import SyncRecorder
 from ._errors import StoreClosed
 from ._query import (
     Query,
@@ -18,36 +18,17 @@ from ._query import (
     sort_records,
     summarize,
 )
-from ._record import MetricRecord, MetricSummary, coerce_batch
+from ._record import MetricRecord, MetricSummary
 
 __all__ = ["MemoryMetricsStore"]
 
 
-class _MemorySync:
+class _MemorySync(SyncRecorder):
     def __init__(self, store: MemoryMetricsStore) -> None:
         self._store = store
 
-    def record(
-        self,
-        run_id: str,
-        metric: str,
-        value: float,
-        *,
-        step: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> MetricRecord:
-        record = make_record(run_id, metric, value, step, metadata, timestamp)
-        self._store._append([record], None)
-        return record
-
-    def record_many(
-        self,
-        records: Iterable[MetricRecord | Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        self._store._append(coerce_batch(records), idempotency_key)
+    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> None:
+        self._store._append(batch, idempotency_key)
 
     def flush(self) -> None:
         self._store._check_open()

@@ -27,10 +27,10 @@ import anyio.to_thread
 import attrs
 import msgspec
 
-from ._buffered import make_record
+from ._buffered import SyncRecorder
 from ._errors import InvalidRecord, MetricNotFound, MetricsError, StoreClosed
 from ._query import Query, StepBounds, check_max_points
-from ._record import MetricRecord, MetricSummary, coerce_batch
+from ._record import MetricRecord, MetricSummary
 
 if TYPE_CHECKING:
     import httpx
@@ -487,33 +487,13 @@ _decode_latest = msgspec.json.Decoder(_Latest).decode
 _decode_summary = msgspec.json.Decoder(MetricSummary).decode
 
 
-class _SyncRemote:
+class _SyncRemote(SyncRecorder):
     """`store.sync`: never touches disk or network on the caller's thread."""
 
     def __init__(self, store: RemoteMetricsStore) -> None:
         self._store = store
 
-    def record(
-        self,
-        run_id: str,
-        metric: str,
-        value: float,
-        *,
-        step: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> MetricRecord:
-        record = _check_names(make_record(run_id, metric, value, step, metadata, timestamp))
-        self._store._sender.enqueue([record], None)
-        return record
-
-    def record_many(
-        self,
-        records: Iterable[MetricRecord | Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        batch = coerce_batch(records)
+    def _validate(self, batch: list[MetricRecord], *, indexed: bool) -> None:
         checked: set[tuple[str, str]] = set()  # a batch repeats a few names: check each once
         for index, record in enumerate(batch):
             names = (record.run_id, record.metric)
@@ -522,8 +502,12 @@ class _SyncRemote:
             try:
                 _check_names(record)
             except InvalidRecord as error:
+                if not indexed:
+                    raise
                 raise error.at_index(index) from None
             checked.add(names)
+
+    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> None:
         if batch:
             self._store._sender.enqueue(batch, idempotency_key)
 

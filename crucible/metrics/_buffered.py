@@ -73,6 +73,35 @@ class SyncRecorder:
         raise NotImplementedError
 
 
+class RecordsThroughSync:
+    """``record`` / ``record_many`` for stores whose ``store.sync`` never waits on I/O (memory,
+    remote): the async forms are the sync ones."""
+
+    _sync: SyncRecorder
+
+    async def record(
+        self,
+        run_id: str,
+        metric: str,
+        value: float,
+        *,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: datetime | None = None,
+    ) -> MetricRecord:
+        return self._sync.record(
+            run_id, metric, value, step=step, metadata=metadata, timestamp=timestamp
+        )
+
+    async def record_many(
+        self,
+        records: Iterable[MetricRecord | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._sync.record_many(records, idempotency_key=idempotency_key)
+
+
 class SyncFacade(SyncRecorder):
     """`store.sync`: record from a synchronous training loop without touching disk."""
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-from ._buffered import SyncRecorder
+from ._buffered import RecordsThroughSync, SyncRecorder
 from ._errors import StoreClosed
 from ._query import (
     Query,
@@ -37,7 +36,7 @@ class _MemorySync(SyncRecorder):
         self._store._closed = True
 
 
-class MemoryMetricsStore:
+class MemoryMetricsStore(RecordsThroughSync):
     """Records in a list, guarded by a lock so tasks and threads may share it.
 
     Nothing survives the process; use it in tests and as the semantics reference.
@@ -48,7 +47,7 @@ class MemoryMetricsStore:
         self._records: list[MetricRecord] = []
         self._keys: set[str] = set()
         self._closed = False
-        self._sync = _MemorySync(self)
+        self._sync: _MemorySync = _MemorySync(self)
 
     @property
     def sync(self) -> _MemorySync:
@@ -73,28 +72,6 @@ class MemoryMetricsStore:
         with self._lock:
             self._check_open()
             return list(self._records)
-
-    async def record(
-        self,
-        run_id: str,
-        metric: str,
-        value: float,
-        *,
-        step: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> MetricRecord:
-        return self._sync.record(
-            run_id, metric, value, step=step, metadata=metadata, timestamp=timestamp
-        )
-
-    async def record_many(
-        self,
-        records: Iterable[MetricRecord | Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        self._sync.record_many(records, idempotency_key=idempotency_key)
 
     async def flush(self) -> None:
         self._check_open()

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +27,7 @@ import anyio.to_thread
 import attrs
 import msgspec
 
-from ._buffered import SyncRecorder
+from ._buffered import RecordsThroughSync, SyncRecorder
 from ._errors import InvalidRecord, MetricNotFound, MetricsError, StoreClosed
 from ._query import Query, StepBounds, check_max_points
 from ._record import MetricRecord, MetricSummary
@@ -521,7 +521,7 @@ class _SyncRemote(SyncRecorder):
         self._store._close_blocking()
 
 
-class RemoteMetricsStore:
+class RemoteMetricsStore(RecordsThroughSync):
     """A MetricsStore that records into, and reads from, the metric service over HTTP.
 
     Records are validated on the caller's thread (with the service's naming rules), then a
@@ -564,7 +564,7 @@ class RemoteMetricsStore:
             flush_interval=flush_interval,
             retry_max=retry_max,
         )
-        self._sync = _SyncRemote(self)
+        self._sync: _SyncRemote = _SyncRemote(self)
 
     # -- transport ------------------------------------------------------------------------
 
@@ -641,28 +641,6 @@ class RemoteMetricsStore:
             raise StoreClosed("the metrics store is closed; open a new one to read or record")
 
     # -- the MetricsStore protocol --------------------------------------------------------
-
-    async def record(
-        self,
-        run_id: str,
-        metric: str,
-        value: float,
-        *,
-        step: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        timestamp: datetime | None = None,
-    ) -> MetricRecord:
-        return self._sync.record(
-            run_id, metric, value, step=step, metadata=metadata, timestamp=timestamp
-        )
-
-    async def record_many(
-        self,
-        records: Iterable[MetricRecord | Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        self._sync.record_many(records, idempotency_key=idempotency_key)
 
     async def flush(self) -> None:
         self._check_open()

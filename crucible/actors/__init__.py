@@ -20,6 +20,7 @@ from ._errors import (
     RestartIntensityExceeded,
     UnhandledMessage,
 )
+from ._loop import wait_thread_future
 from ._mailbox import Overflow
 from ._reason import ExitReason
 from ._ref import ActorRef
@@ -74,4 +75,5 @@ __all__ = [
     "embedded",
     "handler",
     "open_runtime",
+    "wait_thread_future",
 ]

@@ -14,29 +14,17 @@ import math
 from collections.abc import Callable
 
 import anyio
-import sniffio
 
-from ._park import Slot, TimedOut
+from ._loop import Slot, TimedOut, loop_clock
 
 RESOLUTION = 0.01
-
-
-def _clock() -> Callable[[], float]:
-    """The running loop's clock (what anyio.current_time reads), without per-call dispatch."""
-    if sniffio.current_async_library() == "asyncio":
-        import asyncio
-
-        return asyncio.get_running_loop().time
-    import trio
-
-    return trio.current_time
 
 
 class Deadlines:
     __slots__ = ("_buckets", "_now", "_ticks", "_wake")
 
     def __init__(self) -> None:
-        self._now = _clock()
+        self._now: Callable[[], float] = loop_clock()
         self._buckets: dict[int, set[Slot]] = {}
         self._ticks: list[int] = []  # heap of bucket ticks
         self._wake: anyio.Event | None = None

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import anyio
 
 from ._errors import ActorDead, MailboxFull
-from ._park import Slot, slot_factory
+from ._loop import Slot, slot_factory
 
 Overflow = Literal["block", "drop_newest", "drop_oldest", "fail"]
 OVERFLOW_POLICIES: tuple[str, ...] = get_args(Overflow)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 import anyio
 
 from ._errors import ActorDead, CallTimeout, CallToSelf, UnhandledMessage
+from ._loop import TimedOut
 from ._mailbox import Call
-from ._park import TimedOut
 
 if TYPE_CHECKING:
     from ._actor import Actor, Request

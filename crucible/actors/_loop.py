@@ -1,4 +1,14 @@
-"""One-shot wake-ups for the hot path, native to each event loop.
+"""The one place that knows which event loop runs: asyncio or trio.
+
+Everything else in crucible is written against anyio; three things are cheaper (or only
+possible) done natively, and they live here:
+
+- one-shot wake-up slots for the hot path (below);
+- the running loop's clock, read without anyio's per-call dispatch (``loop_clock``);
+- waking the loop from another thread when a ``concurrent.futures.Future`` completes
+  (``wait_thread_future``), with no thread blocked per waiter.
+
+Wake-up slots:
 
 A call waits for exactly one reply and an idle actor waits for exactly one "you have mail".
 anyio.Event is general (and costs several microseconds on asyncio, most of it finding the
@@ -10,11 +20,16 @@ around a wait work as usual. Everything off the hot path uses plain anyio.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 from collections.abc import Callable, Generator
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import sniffio
+
+T = TypeVar("T")
 
 
 class TimedOut(Exception):
@@ -115,3 +130,49 @@ def slot_factory() -> Callable[[], Slot]:
     if sniffio.current_async_library() == "asyncio":
         return partial(AsyncioSlot, asyncio.get_running_loop())
     return TrioSlot
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's clock (what anyio.current_time reads), without per-call dispatch."""
+    if sniffio.current_async_library() == "asyncio":
+        return asyncio.get_running_loop().time
+    import trio
+
+    return trio.current_time
+
+
+async def wait_thread_future(future: concurrent.futures.Future[T]) -> T:
+    """The result of ``future``, which another thread completes, awaited from asyncio or trio.
+
+    No thread blocks while waiting: the future's done-callback wakes this loop
+    (``call_soon_threadsafe`` on asyncio, ``run_sync_soon`` on trio). Cancelling the waiter
+    only stops the wait; the future is never cancelled, so work that was submitted runs to
+    completion and a later wait still gets its result.
+    """
+    if not future.done():
+        woken = anyio.Event()
+        future.add_done_callback(_thread_waker(woken))
+        await woken.wait()
+    return future.result()
+
+
+def _thread_waker(event: anyio.Event) -> Callable[[concurrent.futures.Future[Any]], None]:
+    """A done-callback, run on whatever thread completes the future, that sets ``event`` on
+    the current event loop without blocking that thread."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio(_future: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):  # the run ended: nobody waits
+                token.run_sync_soon(event.set)
+
+        return wake_trio
+    loop = asyncio.get_running_loop()
+
+    def wake_asyncio(_future: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(event.set)
+
+    return wake_asyncio

@@ -18,7 +18,7 @@ from tinker import types
 
 from crucible.actors import open_runtime
 from crucible.training import TrainingBackend, open_training
-from crucible.training.local import ByteTokenizer
+from crucible.training.backends.local import ByteTokenizer
 
 OP_SECONDS = 0.05
 ADAM = types.AdamParams(learning_rate=1e-3)

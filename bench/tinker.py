@@ -21,7 +21,7 @@ from rich.table import Table
 from bench.training import ADAM, chat_batch, measure, tokens_in
 from crucible.tinker_server import ServerConfig, running_server
 from crucible.training import TinkerBackend, TinkerBackendConfig
-from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
 
 API_KEY = "tml-bench"
 RANK = 16

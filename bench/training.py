@@ -25,8 +25,8 @@ from rich.table import Table
 from tinker import types
 
 from crucible.recipes._tasks import default_task_split
-from crucible.training.local import ByteTokenizer, LocalBackend, LocalBackendConfig
-from crucible.training.local._engine import LocalEngine
+from crucible.training.backends.local import ByteTokenizer, LocalBackend, LocalBackendConfig
+from crucible.training.backends.local._engine import LocalEngine
 
 ADAM = types.AdamParams(learning_rate=3e-3)
 

@@ -1,6 +1,6 @@
 """Pretrain the shipped base model ``crucible/tiny-2l-128`` on generated plain text.
 
-    python scripts/pretrain_base.py   # writes crucible/training/local/weights/tiny-2l-128.pt
+    python scripts/pretrain_base.py   # writes backends/local/weights/tiny-2l-128.pt
     python scripts/pretrain_base.py --check-seconds 60   # LoRA on it vs on a random base
 
 The corpus is the plain-text forms of the train side of the default tasks (2-digit addition
@@ -28,16 +28,17 @@ import torch.nn.functional as F
 from tinker import types
 
 from crucible.recipes._tasks import default_task_split
-from crucible.training.local._base_models import (
+from crucible.training.backends.local._base_models import (
     DEFAULT_BASE_MODEL,
     base_model_spec,
     save_base_weights,
 )
-from crucible.training.local._model import TinyTransformer, count_parameters, init_weights
-from crucible.training.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._model import TinyTransformer, count_parameters, init_weights
+from crucible.training.backends.local._tokenizer import ByteTokenizer
 
 DEFAULT_OUTPUT = (
-    Path(__file__).resolve().parent.parent / "crucible/training/local/weights/tiny-2l-128.pt"
+    Path(__file__).resolve().parent.parent
+    / "crucible/training/backends/local/weights/tiny-2l-128.pt"
 )
 
 
@@ -90,7 +91,7 @@ def chat_datum(tokenizer: ByteTokenizer, prompt: str, answer: str) -> types.Datu
 async def lora_check(base_model: str, seconds: float, root: str) -> str:
     """Fine-tune LoRA r16 (alpha 32, all projections) at lr 3e-3, batch 64, for ``seconds``
     on the chat form of the default tasks, then greedy exact match on 200 held-out problems."""
-    from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
+    from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
 
     split = default_task_split(split_seed=0)
     config = LocalBackendConfig(

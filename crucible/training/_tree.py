@@ -28,9 +28,9 @@ from crucible.actors import (
 )
 from crucible.metrics import StreamingMetrics
 from crucible.telemetry import execute
-from crucible.training._checkpoint_manager import CheckpointManager, CheckpointManagerClient
-from crucible.training._registry import ModelRegistry, ModelRegistryClient
-from crucible.training._session import BackendFactory, Journal, Session, SessionClient
+from crucible.training.checkpoints import CheckpointManager, CheckpointManagerClient
+from crucible.training.registry import ModelRegistry, ModelRegistryClient
+from crucible.training.session import BackendFactory, Journal, Session, SessionClient
 
 
 @attrs.frozen

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.training.local import LocalBackendConfig
+from crucible.training.backends.local import LocalBackendConfig
 
 from .training_kit import SMALL_LORA
 

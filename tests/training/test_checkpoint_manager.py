@@ -18,15 +18,15 @@ from crucible.actors import open_runtime
 from crucible.training import (
     CheckpointManager,
     CheckpointManagerClient,
+    CheckpointMetricNotFound,
     CheckpointNotFound,
     CheckpointRecord,
     FaultyBackend,
     InvalidStep,
-    MetricNotFound,
     NoCheckpoints,
     RetryPolicy,
 )
-from crucible.training.local import LocalBackend, LocalBackendConfig
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig
 
 from .training_kit import ADAM, TINY_TASK, RecordingBackend
 
@@ -119,7 +119,7 @@ async def test_get_best_only_among_checkpoints_with_the_metric(tmp_path: Path) -
         await manager.save(4, {"loss": 2.0, "acc": 0.9})
         assert (await manager.get_best("loss", "min")).batch == 3
         assert (await manager.get_best("acc", "max")).batch == 4
-        with pytest.raises(MetricNotFound, match="bleu"):
+        with pytest.raises(CheckpointMetricNotFound, match="bleu"):
             await manager.get_best("bleu")
 
 
@@ -297,7 +297,7 @@ def test_prune_rule_property(
             before = await manager.list()
             try:
                 await manager.prune(keep, "loss", mode)  # type: ignore[arg-type]
-            except MetricNotFound:
+            except CheckpointMetricNotFound:
                 assert all(loss is None for loss in losses)
             return before, await manager.list()
 

@@ -17,7 +17,7 @@ from crucible.training import (
     LatencyDistribution,
     TrainingBackend,
 )
-from crucible.training.local import LocalBackend, LocalBackendConfig
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig
 
 from .training_kit import ADAM, TINY_TASK, TOKENIZER, RecordingBackend
 

@@ -17,9 +17,9 @@ from crucible.training import (
     TrainingBackend,
     UnsupportedLossFn,
 )
-from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
-from crucible.training.local._engine import LocalEngine
-from crucible.training.local._model import lora_parameters
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
+from crucible.training.backends.local._engine import LocalEngine
+from crucible.training.backends.local._model import lora_parameters
 
 from .training_kit import ADAM, TINY_TASK, TOKENIZER, make_datum
 

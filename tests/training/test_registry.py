@@ -22,8 +22,8 @@ from crucible.training import (
     ModelRegistry,
     ModelRegistryClient,
     RegistryStore,
-    config_hash,
 )
+from crucible.training.registry import config_hash
 
 pytestmark = pytest.mark.anyio
 

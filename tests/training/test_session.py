@@ -25,8 +25,8 @@ from crucible.training import (
     TrainingFailed,
     open_training,
 )
-from crucible.training._session import UnknownOperation
-from crucible.training.local import LocalBackend, LocalBackendConfig
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig
+from crucible.training.session import UnknownOperation
 
 from .training_kit import ADAM, TINY_TASK
 

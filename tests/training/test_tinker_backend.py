@@ -32,8 +32,13 @@ from crucible.training import (
     UnknownBaseModel,
     UnsupportedLossFn,
 )
-from crucible.training._tinker import crucible_error
-from crucible.training.local import ByteTokenizer, LocalBackend, LocalBackendConfig, LoraConfig
+from crucible.training.backends.local import (
+    ByteTokenizer,
+    LocalBackend,
+    LocalBackendConfig,
+    LoraConfig,
+)
+from crucible.training.backends.tinker._errors import crucible_error
 
 pytestmark = pytest.mark.anyio
 os.environ.setdefault("TINKER_TELEMETRY", "0")  # no background telemetry posts in tests
@@ -408,8 +413,8 @@ async def test_a_cancelled_sdk_future_wedges_the_client_and_fails_what_waits() -
     backend = TinkerBackend(TinkerBackendConfig(base_model=BASE_MODEL, api_key=API_KEY))
     queued: concurrent.futures.Future[Any] = concurrent.futures.Future()
     behind: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    waiting = backend._bridge("optim_step", behind)
-    backend._bridge("forward_backward", queued)
+    waiting = backend._sdk.bridge("optim_step", behind)
+    backend._sdk.bridge("forward_backward", queued)
     queued.cancel()
     assert backend.lost
     with pytest.raises(BackendCrashed, match="cancelled"):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crucible.training.local import SPECIAL_TOKENS, ByteTokenizer
+from crucible.training.backends.local import SPECIAL_TOKENS, ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
 

@@ -8,8 +8,9 @@ from typing import TypeVar
 
 from tinker import types
 
-from crucible.training import DeferredResult, SamplingClient
-from crucible.training.local import ByteTokenizer, LoraConfig
+from crucible.training import SamplingClient
+from crucible.training.backends.local import ByteTokenizer, LoraConfig
+from crucible.training.port import DeferredResult
 
 T = TypeVar("T")
 

@@ -12,17 +12,18 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
-import anyio
-import anyio.to_thread
+from crucible.actors import wait_thread_future
 
 T = TypeVar("T")
 
 
 class BackendFuture(Generic[T]):
-    """The result of an operation running on a backend's worker thread.
+    """The result of an operation that another thread completes (the local backend's worker,
+    the Tinker SDK's thread).
 
-    May be awaited any number of times, from asyncio or trio. A cancelled waiter leaves the
-    operation running; a later ``await`` still gets its result.
+    May be awaited any number of times, from asyncio or trio; waiting holds no thread (the
+    future's done-callback wakes the loop). A cancelled waiter leaves the operation running; a
+    later ``await`` still gets its result.
     """
 
     __slots__ = ("_future",)
@@ -34,11 +35,7 @@ class BackendFuture(Generic[T]):
         return self._future.done()
 
     async def result_async(self) -> T:
-        if not self._future.done():
-            # A worker thread blocks on the result so the event loop does not; if this waiter is
-            # cancelled the thread is abandoned and finishes when the operation does.
-            return await anyio.to_thread.run_sync(self._future.result, abandon_on_cancel=True)
-        return self._future.result()
+        return await wait_thread_future(self._future)
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()

@@ -8,7 +8,6 @@ config registered twice is caught whatever its key order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import sqlite3
@@ -19,9 +18,20 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-Stage = Literal["experiment", "staging", "production", "archived"]
-STAGES: Final[tuple[Stage, ...]] = ("experiment", "staging", "production", "archived")
-MetricOp = Literal["<", "<=", ">", ">=", "==", "!="]
+from crucible.training.registry._records import (
+    STAGES,
+    AlreadyExists,
+    CycleDetected,
+    DuplicateConfig,
+    InvalidPromotion,
+    MetricOp,
+    MissingFields,
+    ModelNotFound,
+    ModelRecord,
+    ModelStage,
+    config_hash,
+)
+
 _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
     "<": operator.lt,
     "<=": operator.le,
@@ -31,64 +41,6 @@ _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
     "!=": operator.ne,
 }
 _REQUIRED: Final = ("name", "version", "base_model", "recipe", "training_config", "checkpoint_path")
-
-
-class RegistryError(Exception):
-    """Base class of the model registry's errors."""
-
-
-class MissingFields(RegistryError, ValueError):
-    def __init__(self, fields: Sequence[str]) -> None:
-        super().__init__(f"register needs non-empty {', '.join(fields)}")
-        self.fields = tuple(fields)
-
-
-class AlreadyExists(RegistryError):
-    """(name, version) is taken."""
-
-
-class DuplicateConfig(RegistryError):
-    """A model with the same training config is registered; ``existing`` is that model."""
-
-    def __init__(self, existing: ModelRecord) -> None:
-        super().__init__(
-            f"the training config of this model is already registered as {existing.name} "
-            f"version {existing.version} (id {existing.id})"
-        )
-        self.existing = existing
-
-
-class ModelNotFound(RegistryError, LookupError):
-    pass
-
-
-class InvalidPromotion(RegistryError, ValueError):
-    pass
-
-
-class CycleDetected(RegistryError, ValueError):
-    pass
-
-
-class ModelRecord(msgspec.Struct, frozen=True):
-    id: int
-    name: str
-    version: str
-    base_model: str
-    recipe: str
-    training_config: dict[str, Any]
-    config_hash: str
-    checkpoint_path: str
-    metrics: dict[str, float]
-    tags: tuple[str, ...]
-    stage: Stage
-    created_at: str
-    parent_id: int | None = None
-
-
-def config_hash(training_config: Mapping[str, Any]) -> str:
-    canonical = json.dumps(training_config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 _SCHEMA: Final = """
@@ -176,7 +128,7 @@ class RegistryStore:
         tags: Iterable[str] = (),
         parent: int | None = None,
         *,
-        stage: Stage = "experiment",
+        stage: ModelStage = "experiment",
         created_at: str | None = None,
     ) -> ModelRecord:
         given = {
@@ -259,7 +211,7 @@ class RegistryStore:
             )
         return self.get(model_id)
 
-    def promote(self, model_id: int, stage: Stage) -> ModelRecord:
+    def promote(self, model_id: int, stage: ModelStage) -> ModelRecord:
         """Move forward through experiment → staging → production → archived, one stage at a
         time; archived is reachable from any stage and is final."""
         if stage not in STAGES:
@@ -300,7 +252,7 @@ class RegistryStore:
         return record
 
     def list_models(
-        self, name: str | None = None, stage: Stage | None = None, limit: int | None = None
+        self, name: str | None = None, stage: ModelStage | None = None, limit: int | None = None
     ) -> list[ModelRecord]:
         """Newest first."""
         clauses, parameters = [], []

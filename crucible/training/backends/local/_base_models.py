@@ -15,9 +15,9 @@ from typing import Any, Final
 import attrs
 import torch
 
-from crucible.training._errors import UnknownBaseModel
-from crucible.training.local._model import ModelConfig, TinyTransformer, init_weights
-from crucible.training.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._model import ModelConfig, TinyTransformer, init_weights
+from crucible.training.backends.local._tokenizer import ByteTokenizer
+from crucible.training.port import UnknownBaseModel
 
 WEIGHTS_FORMAT: Final = "crucible-base-weights/1"
 DEFAULT_BASE_MODEL: Final = "crucible/tiny-2l-128"
@@ -27,7 +27,7 @@ DEFAULT_BASE_MODEL: Final = "crucible/tiny-2l-128"
 class BaseModelSpec:
     name: str
     config: ModelConfig
-    #: File under ``crucible/training/local/weights/``; None for a seeded random model.
+    #: File under ``crucible/training/backends/local/weights/``; None for a seeded random model.
     weights_file: str | None
     random_seed: int = 0
 
@@ -55,7 +55,11 @@ def base_model_spec(name: str) -> BaseModelSpec:
 def weights_path(spec: BaseModelSpec) -> Any:
     """The shipped weights file (a Traversable inside the installed package)."""
     assert spec.weights_file is not None
-    return importlib.resources.files("crucible.training.local") / "weights" / spec.weights_file
+    return (
+        importlib.resources.files("crucible.training.backends.local")
+        / "weights"
+        / spec.weights_file
+    )
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """CheckpointManager actor: names, saves, lists, ranks, prunes and reloads a run's checkpoints.
 
-State lives in ``<log_dir>/checkpoints.jsonl`` (see ``_checkpoint_log``), read again by every
+State lives in ``<log_dir>/checkpoints.jsonl`` (see ``_log``), read again by every
 new incarnation, so a restarted manager (or a restarted process) continues where the last
 one stopped. Backend calls the manager makes (save, delete, open a sampler) are idempotent, so
 a failed one is retried with backoff up to a limit; the checkpoint line is written only after
@@ -9,20 +9,19 @@ the backend has written the files.
 
 from __future__ import annotations
 
-import builtins
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 import attrs
 
-from crucible.actors import Actor, ActorRef, Request, handler
+from crucible.actors import Actor, handler
 from crucible.telemetry import execute
-from crucible.training._checkpoint_log import (
-    LOG_NAME,
+from crucible.training.checkpoints._log import (
+    CHECKPOINTS_FILE,
     CheckpointRecord,
     append_record,
     check_metrics,
@@ -30,65 +29,27 @@ from crucible.training._checkpoint_log import (
     repair_log,
     rewrite_log,
 )
-from crucible.training._errors import BackendOpFailed, CheckpointNotFound
-from crucible.training._protocol import SamplingClient, TrainingBackend
+from crucible.training.checkpoints._messages import (
+    BestCheckpoint,
+    CheckpointMetricNotFound,
+    GetResumePoint,
+    InvalidStep,
+    LatestCheckpoint,
+    ListCheckpoints,
+    LoadForSampling,
+    Mode,
+    NoCheckpoints,
+    PruneCheckpoints,
+    SaveCheckpoint,
+)
+from crucible.training.port import (
+    BackendOpFailed,
+    CheckpointNotFound,
+    SamplingClient,
+    TrainingBackend,
+)
 
 T = TypeVar("T")
-CheckpointKind = Literal["state", "sampler", "both"]
-Mode = Literal["min", "max"]
-
-
-class InvalidStep(ValueError):
-    """A checkpoint step must be an integer >= 0."""
-
-
-class NoCheckpoints(LookupError):
-    """The run has no checkpoint (of the kind asked for) yet."""
-
-
-class MetricNotFound(LookupError):
-    """No checkpoint carries the metric asked for."""
-
-
-# ---- messages ----------------------------------------------------------------------------
-
-
-class SaveCheckpoint(Request[CheckpointRecord], frozen=True):
-    step: int
-    metrics: dict[str, float] | None = None
-    kind: CheckpointKind = "state"
-    final: bool = False
-    epoch: int | None = None
-
-
-class ListCheckpoints(Request[list[CheckpointRecord]], frozen=True):
-    pass
-
-
-class LatestCheckpoint(Request[CheckpointRecord], frozen=True):
-    pass
-
-
-class BestCheckpoint(Request[CheckpointRecord], frozen=True):
-    metric: str
-    mode: Mode = "min"
-
-
-class PruneCheckpoints(Request[list[CheckpointRecord]], frozen=True):
-    keep: int
-    metric: str
-    mode: Mode = "min"
-
-
-class LoadForSampling(Request[Any], frozen=True):  # replies with a SamplingClient
-    name: str
-
-
-class GetResumePoint(Request[CheckpointRecord | None], frozen=True):
-    pass
-
-
-# ---- the actor ---------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -119,7 +80,7 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
     caller_errors = (
         InvalidStep,
         NoCheckpoints,
-        MetricNotFound,
+        CheckpointMetricNotFound,
         CheckpointNotFound,
         ValueError,
     )
@@ -135,7 +96,7 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
     ) -> None:
         if max_checkpoints is not None and max_checkpoints < 1:
             raise ValueError(f"max_checkpoints must be >= 1 or None, got {max_checkpoints}")
-        self.log_path = Path(log_dir) / LOG_NAME
+        self.log_path = Path(log_dir) / CHECKPOINTS_FILE
         self._backend = backend
         self._max_checkpoints = max_checkpoints
         self._name_format = name_format
@@ -143,9 +104,8 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
 
     async def init(self) -> list[CheckpointRecord]:
         def load() -> list[CheckpointRecord]:
-            records, intact = read_log(self.log_path)
-            repair_log(self.log_path, intact)
-            return records
+            repair_log(self.log_path)
+            return read_log(self.log_path)
 
         return await anyio.to_thread.run_sync(load)
 
@@ -275,7 +235,9 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
             raise NoCheckpoints(f"no checkpoint in {self.log_path} yet")
         having = [r for r in _newest_first(self.state) if metric in r.metrics]
         if not having:
-            raise MetricNotFound(f"no checkpoint in {self.log_path} has the metric {metric!r}")
+            raise CheckpointMetricNotFound(
+                f"no checkpoint in {self.log_path} has the metric {metric!r}"
+            )
         sign = 1.0 if mode == "min" else -1.0
         return sorted(having, key=lambda r: sign * r.metrics[metric])  # stable: newer first
 
@@ -300,43 +262,3 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
 
 def _bind(fn: Callable[[str], Awaitable[T]], argument: str) -> Callable[[], Awaitable[T]]:
     return lambda: fn(argument)
-
-
-class CheckpointManagerClient:
-    """Typed methods over a CheckpointManager's ref (each one an actor call)."""
-
-    def __init__(self, ref: ActorRef[Any], *, timeout: float | None = 60.0) -> None:
-        self.ref = ref
-        self._timeout = timeout
-
-    async def save(
-        self,
-        step: int,
-        metrics: dict[str, float] | None = None,
-        kind: CheckpointKind = "state",
-        final: bool = False,
-        epoch: int | None = None,
-    ) -> CheckpointRecord:
-        message = SaveCheckpoint(step, metrics, kind, final, epoch)
-        return await self.ref.call(message, timeout=self._timeout)
-
-    async def list(self) -> list[CheckpointRecord]:
-        return await self.ref.call(ListCheckpoints(), timeout=self._timeout)
-
-    async def latest(self) -> CheckpointRecord:
-        return await self.ref.call(LatestCheckpoint(), timeout=self._timeout)
-
-    async def get_best(self, metric: str, mode: Mode = "min") -> CheckpointRecord:
-        return await self.ref.call(BestCheckpoint(metric, mode), timeout=self._timeout)
-
-    async def prune(
-        self, keep: int, metric: str, mode: Mode = "min"
-    ) -> builtins.list[CheckpointRecord]:
-        return await self.ref.call(PruneCheckpoints(keep, metric, mode), timeout=self._timeout)
-
-    async def load_for_sampling(self, name: str) -> SamplingClient:
-        client: SamplingClient = await self.ref.call(LoadForSampling(name), timeout=self._timeout)
-        return client
-
-    async def resume_point(self) -> CheckpointRecord | None:
-        return await self.ref.call(GetResumePoint(), timeout=self._timeout)

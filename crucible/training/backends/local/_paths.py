@@ -1,31 +1,23 @@
-"""Checkpoint paths and files of the local backend.
+"""``local://`` checkpoint paths: the one parser of them (no torch needed).
 
 Paths mirror Tinker's ``tinker://<run>/weights/<name>`` (state) and
 ``tinker://<run>/sampler_weights/<name>`` (sampler): ``local://<run>/weights/<name>`` is the
 file ``<root>/<run>/<name>/state.pt`` and ``local://<run>/sampler_weights/<name>`` is
 ``<root>/<run>/<name>/sampler.pt``, so a checkpoint saved as both kinds shares one folder.
-Files are written atomically (temporary file, fsync, rename), so a crash mid-save leaves the
-previous file or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import attrs
-import torch
 
-from crucible.training._durable import replace_atomically
-from crucible.training._errors import (
-    CheckpointCorrupt,
-    CheckpointNotFound,
-    InvalidCheckpointPath,
-)
+from crucible.training.port import InvalidCheckpointPath
 
 SCHEME: Final = "local://"
-CheckpointKind = Literal["weights", "sampler_weights"]
+PathKind = Literal["weights", "sampler_weights"]
 _FILE_NAMES: Final[dict[str, str]] = {"weights": "state.pt", "sampler_weights": "sampler.pt"}
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -42,8 +34,10 @@ def check_segment(value: str, what: str) -> str:
 
 @attrs.frozen
 class CheckpointPath:
+    """A checkpoint of the local backend: ``local://<run_id>/<kind>/<name>``."""
+
     run_id: str
-    kind: CheckpointKind
+    kind: PathKind
     name: str
 
     @classmethod
@@ -68,27 +62,5 @@ class CheckpointPath:
         return f"{SCHEME}{self.run_id}/{self.kind}/{self.name}"
 
     def file(self, root: Path) -> Path:
+        """Where the checkpoint lives under the backend's ``checkpoint_root``."""
         return root / self.run_id / self.name / _FILE_NAMES[self.kind]
-
-
-def write_atomically(payload: dict[str, Any], destination: Path) -> None:
-    """torch.save ``payload`` so readers see the old or the new file only."""
-    replace_atomically(destination, lambda handle: torch.save(payload, handle))
-
-
-def read_checkpoint(path: CheckpointPath, root: Path, expected_format: str) -> dict[str, Any]:
-    """Load and check the format marker; errors name the file and what is wrong."""
-    file = path.file(root)
-    if not file.is_file():
-        raise CheckpointNotFound(f"no checkpoint at {path} (expected the file {file})")
-    try:
-        with file.open("rb") as handle:
-            payload = torch.load(handle, weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged zip or pickle
-        raise CheckpointCorrupt(f"checkpoint {path} ({file}) cannot be read: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != expected_format:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointCorrupt(
-            f"checkpoint {path} ({file}) has format {found!r}, expected {expected_format!r}"
-        )
-    return payload

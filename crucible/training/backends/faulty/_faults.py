@@ -31,11 +31,8 @@ from typing import Final, Literal, NoReturn, TypeVar
 
 import anyio
 import attrs
-from tinker import types
 
-from crucible.training._errors import BackendCrashed, BackendOpFailed
-from crucible.training._futures import DeferredResult
-from crucible.training._protocol import SamplingClient, Tokenizer, TrainingBackend
+from crucible.training.port import BackendCrashed, BackendOpFailed, DeferredResult
 
 T = TypeVar("T")
 FaultKind = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
@@ -69,7 +66,7 @@ class InjectedFault:
     delay_s: float = 0.0
 
 
-class _FaultSource:
+class FaultSource:
     """The shared random stream and the crashed/wedged state of one FaultyBackend."""
 
     def __init__(
@@ -143,111 +140,3 @@ _LOST_MESSAGE: Final = "{op}: connection to the backend lost; the op may or may 
 async def _never() -> NoReturn:
     await anyio.sleep_forever()
     raise AssertionError("sleep_forever returned")  # pragma: no cover
-
-
-class FaultySamplingClient:
-    def __init__(self, inner: SamplingClient, source: _FaultSource) -> None:
-        self._inner = inner
-        self._source = source
-
-    async def sample(
-        self,
-        prompt: types.ModelInput,
-        num_samples: int,
-        sampling_params: types.SamplingParams,
-    ) -> Awaitable[types.SampleResponse]:
-        return await self._source.run(
-            "sample", lambda: self._inner.sample(prompt, num_samples, sampling_params)
-        )
-
-    async def compute_logprobs(self, prompt: types.ModelInput) -> Awaitable[list[float | None]]:
-        return await self._source.run(
-            "compute_logprobs", lambda: self._inner.compute_logprobs(prompt)
-        )
-
-
-class FaultyBackend:
-    """A TrainingBackend that injects faults into ``inner``'s operations (see module doc).
-
-    ``ops`` limits faults to the named operations (for example ``{"optim_step"}``); the random
-    stream is drawn for every call regardless, so schedules stay comparable.
-    """
-
-    def __init__(
-        self,
-        inner: TrainingBackend,
-        seed: int,
-        rate: float,
-        kinds: Sequence[FaultKind] = FAULT_KINDS,
-        *,
-        latency: LatencyDistribution = LatencyDistribution(),
-        ops: Sequence[str] | None = None,
-    ) -> None:
-        self.inner = inner
-        self._source = _FaultSource(
-            seed, rate, kinds, latency, None if ops is None else frozenset(ops)
-        )
-
-    @property
-    def injected(self) -> list[InjectedFault]:
-        """Every fault injected so far, in order."""
-        return list(self._source.injected)
-
-    @property
-    def crashed(self) -> bool:
-        return self._source.crashed
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.inner.tokenizer
-
-    def info(self) -> types.GetInfoResponse:
-        return self.inner.info()
-
-    async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
-    ) -> Awaitable[types.ForwardBackwardOutput]:
-        return await self._source.run(
-            "forward_backward", lambda: self.inner.forward_backward(data, loss_fn)
-        )
-
-    async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
-    ) -> Awaitable[types.ForwardBackwardOutput]:
-        return await self._source.run("forward", lambda: self.inner.forward(data, loss_fn))
-
-    async def optim_step(self, adam_params: types.AdamParams) -> Awaitable[types.OptimStepResponse]:
-        return await self._source.run("optim_step", lambda: self.inner.optim_step(adam_params))
-
-    async def save_state(self, name: str) -> Awaitable[types.SaveWeightsResponse]:
-        return await self._source.run("save_state", lambda: self.inner.save_state(name))
-
-    async def load_state(
-        self, path: str, with_optimizer: bool = True
-    ) -> Awaitable[types.LoadWeightsResponse]:
-        return await self._source.run(
-            "load_state", lambda: self.inner.load_state(path, with_optimizer)
-        )
-
-    async def save_weights_for_sampler(
-        self, name: str
-    ) -> Awaitable[types.SaveWeightsForSamplerResponse]:
-        return await self._source.run(
-            "save_weights_for_sampler", lambda: self.inner.save_weights_for_sampler(name)
-        )
-
-    async def delete_checkpoint(self, path: str) -> Awaitable[None]:
-        return await self._source.run(
-            "delete_checkpoint", lambda: self.inner.delete_checkpoint(path)
-        )
-
-    async def sampling_client(self, path: str | None = None) -> Awaitable[SamplingClient]:
-        inner = await self._source.run("sampling_client", lambda: self.inner.sampling_client(path))
-
-        async def wrap() -> SamplingClient:
-            return FaultySamplingClient(await inner, self._source)
-
-        return DeferredResult(wrap)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

@@ -22,9 +22,10 @@ from typing import Any, Final
 
 import msgspec
 
-from crucible.training._durable import replace_atomically
+from crucible._fs import repair_torn_tail_at, write_bytes_atomically
 
-LOG_NAME: Final = "checkpoints.jsonl"
+#: The checkpoint index's file name inside a run directory.
+CHECKPOINTS_FILE: Final = "checkpoints.jsonl"
 _RESERVED: Final = frozenset({"name", "epoch", "batch", "state_path", "sampler_path", "final"})
 
 
@@ -83,54 +84,56 @@ def check_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
-def read_log(path: Path) -> tuple[list[CheckpointRecord], int]:
-    """Records in log order (last line per name wins) and the byte length of the intact part.
+def _parse(line: bytes) -> CheckpointRecord:
+    return CheckpointRecord.from_row(json.loads(line))
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        _parse(line)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def read_log(path: Path) -> list[CheckpointRecord]:
+    """Records in log order (the last line for a name wins, at its place).
 
     A line that does not parse is tolerated only at the end (a torn append); anywhere else
-    it means the file was damaged by something else: CheckpointCorrupt.
+    it means the file was damaged by something else: ValueError.
     """
     if not path.exists():
-        return [], 0
-    data = path.read_bytes()
+        return []
+    lines = path.read_bytes().split(b"\n")
     records: dict[str, CheckpointRecord] = {}
-    intact = 0
-    lines = data.split(b"\n")
     for index, line in enumerate(lines):
-        is_last = index == len(lines) - 1
         if not line.strip():
-            if not is_last:
-                intact += len(line) + 1
             continue
         try:
-            row = json.loads(line)
-            record = CheckpointRecord.from_row(row)
+            record = _parse(line)
         except (ValueError, KeyError, TypeError) as error:
-            if is_last:  # a torn final append: no newline was written after it
+            if index == len(lines) - 1:  # a torn final append: no newline was written after it
                 break
             raise ValueError(
                 f"{path}: line {index + 1} is not a checkpoint record: {error}"
             ) from error
-        if is_last:  # complete JSON but no trailing newline: keep it, the writer adds one
-            intact += len(line)
-        else:
-            intact += len(line) + 1
         records.pop(record.name, None)
         records[record.name] = record
-    return list(records.values()), intact
+    return list(records.values())
 
 
-def repair_log(path: Path, intact: int) -> None:
-    """Cut a torn tail off and make sure the file ends with a newline."""
-    if not path.exists():
-        return
-    with path.open("r+b") as handle:
-        handle.truncate(intact)
-        if intact:
-            handle.seek(intact - 1)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def repair_log(path: Path) -> None:
+    """Cut a torn last line off, or end a complete one with its newline."""
+    repair_torn_tail_at(path, _is_record)
+
+
+def latest_state_checkpoint(run_dir: Path) -> CheckpointRecord | None:
+    """The checkpoint a resumed run loads from ``run_dir``: the newest one with a state path
+    (a final one first), or None."""
+    with_state = [r for r in read_log(run_dir / CHECKPOINTS_FILE) if r.state_path is not None]
+    if not with_state:
+        return None
+    return max(with_state, key=lambda r: (r.final, r.batch))
 
 
 def append_record(path: Path, record: CheckpointRecord) -> None:
@@ -142,5 +145,4 @@ def append_record(path: Path, record: CheckpointRecord) -> None:
 
 
 def rewrite_log(path: Path, records: Iterable[CheckpointRecord]) -> None:
-    lines = "".join(record.to_line() + "\n" for record in records).encode()
-    replace_atomically(path, lambda handle: handle.write(lines))
+    write_bytes_atomically(path, "".join(record.to_line() + "\n" for record in records).encode())

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from tinker import types
 
-from crucible.training._errors import InvalidDatum
-from crucible.training.local._model import TinyTransformer
-from crucible.training.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._model import TinyTransformer
+from crucible.training.backends.local._tokenizer import ByteTokenizer
+from crucible.training.port import InvalidDatum
 
 
 class Sampler:

@@ -15,29 +15,24 @@ import attrs
 import torch
 from tinker import types
 
-from crucible.training._errors import (
-    CheckpointCorrupt,
-    CheckpointMismatch,
-    InvalidDatum,
-    UnsupportedLossFn,
-)
-from crucible.training.local._base_models import DEFAULT_BASE_MODEL, load_base_model
-from crucible.training.local._files import (
-    CheckpointKind,
-    CheckpointPath,
-    check_segment,
-    read_checkpoint,
-    write_atomically,
-)
-from crucible.training.local._model import (
+from crucible.training.backends.local._base_models import DEFAULT_BASE_MODEL, load_base_model
+from crucible.training.backends.local._files import read_checkpoint, write_atomically
+from crucible.training.backends.local._model import (
     LoraConfig,
     TinyTransformer,
     add_lora,
     lora_parameters,
     lora_state_dict,
 )
-from crucible.training.local._sampler import Sampler
-from crucible.training.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._paths import CheckpointPath, PathKind, check_segment
+from crucible.training.backends.local._sampler import Sampler
+from crucible.training.backends.local._tokenizer import ByteTokenizer
+from crucible.training.port import (
+    CheckpointCorrupt,
+    CheckpointMismatch,
+    InvalidDatum,
+    UnsupportedLossFn,
+)
 
 STATE_FORMAT: Final = "crucible-local-state/1"
 SAMPLER_FORMAT: Final = "crucible-local-sampler/1"
@@ -215,10 +210,10 @@ class LocalEngine:
     def _identity(self) -> dict[str, Any]:
         return {"base_model": self.config.base_model, "lora": attrs.asdict(self.config.lora)}
 
-    def _path(self, kind: CheckpointKind, name: str) -> CheckpointPath:
+    def _path(self, kind: PathKind, name: str) -> CheckpointPath:
         return CheckpointPath(self.config.run_id, kind, check_segment(name, "checkpoint name"))
 
-    def _write(self, kind: CheckpointKind, name: str) -> CheckpointPath:
+    def _write(self, kind: PathKind, name: str) -> CheckpointPath:
         """Write a checkpoint: the adapter weights and step, plus the Adam state for a state
         checkpoint (a sampler checkpoint needs the weights only)."""
         path = self._path(kind, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 
 class BackendError(Exception):
     """Base class of every error a training backend raises."""
@@ -53,3 +55,15 @@ class CheckpointMismatch(CheckpointError):
 
 class CheckpointCorrupt(CheckpointError):
     """The checkpoint file exists but cannot be read (truncated, garbled, wrong format)."""
+
+
+#: Errors that mean the request itself was refused: the backend applied nothing, so retrying or
+#: replaying it would fail the same way; the error belongs to whoever asked.
+REJECTED: Final[tuple[type[BackendError], ...]] = (
+    InvalidDatum,
+    UnsupportedLossFn,
+    CheckpointNotFound,
+    CheckpointMismatch,
+    CheckpointCorrupt,
+    InvalidCheckpointPath,
+)

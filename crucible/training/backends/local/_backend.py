@@ -17,12 +17,11 @@ import anyio.to_thread
 import torch
 from tinker import types
 
-from crucible.training._errors import BackendClosed
-from crucible.training._futures import BackendFuture
-from crucible.training.local._engine import LocalBackendConfig, LocalEngine
-from crucible.training.local._model import lora_state_dict
-from crucible.training.local._sampler import Sampler
-from crucible.training.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._engine import LocalBackendConfig, LocalEngine
+from crucible.training.backends.local._model import lora_state_dict
+from crucible.training.backends.local._sampler import Sampler
+from crucible.training.backends.local._tokenizer import ByteTokenizer
+from crucible.training.port import BackendClosed, BackendFuture
 
 T = TypeVar("T")
 

@@ -2,6 +2,7 @@
 Tinker's shape, the operation names, the errors, and the awaitable result of a submitted
 operation."""
 
+from crucible.training.port._closing import AsyncClosing
 from crucible.training.port._errors import (
     REJECTED,
     BackendClosed,
@@ -33,6 +34,7 @@ __all__ = [
     "REJECTED",
     "SAMPLER_OPERATIONS",
     "STATE_OPERATIONS",
+    "AsyncClosing",
     "BackendClosed",
     "BackendCrashed",
     "BackendError",

@@ -7,7 +7,7 @@ config validates ``fault_ops`` against them.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 OperationName = Literal[
     "forward_backward",
@@ -22,18 +22,7 @@ OperationName = Literal[
     "compute_logprobs",
 ]
 #: Every operation of a TrainingBackend and of its SamplingClients, in a stable order.
-OPERATIONS: Final[tuple[OperationName, ...]] = (
-    "forward_backward",
-    "forward",
-    "optim_step",
-    "save_state",
-    "load_state",
-    "save_weights_for_sampler",
-    "delete_checkpoint",
-    "sampling_client",
-    "sample",
-    "compute_logprobs",
-)
+OPERATIONS: Final[tuple[OperationName, ...]] = get_args(OperationName)
 #: Operations that change the model: after one fails, nobody knows the model's state.
 STATE_OPERATIONS: Final[frozenset[OperationName]] = frozenset(
     {"forward_backward", "optim_step", "load_state"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -21,7 +20,7 @@ from crucible.training.backends.local._engine import LocalBackendConfig, LocalEn
 from crucible.training.backends.local._model import lora_state_dict
 from crucible.training.backends.local._sampler import Sampler
 from crucible.training.backends.local._tokenizer import ByteTokenizer
-from crucible.training.port import BackendClosed, BackendFuture
+from crucible.training.port import AsyncClosing, BackendClosed, BackendFuture
 
 T = TypeVar("T")
 
@@ -73,7 +72,7 @@ class LocalSamplingClient:
         return self._worker.submit(self._sampler.compute_logprobs, prompt)
 
 
-class LocalBackend:
+class LocalBackend(AsyncClosing):
     """LoRA fine-tuning of a small shipped base model with torch on CPU.
 
     ``async with LocalBackend(LocalBackendConfig(...)) as backend:`` or call ``aclose()``.
@@ -146,14 +145,3 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._worker.close)
-
-    async def __aenter__(self) -> LocalBackend:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
@@ -48,6 +47,7 @@ from crucible.training.backends.tinker._tokenizer import HuggingFaceTokenizer
 from crucible.training.port import (
     ORDERED_READS,
     STATE_OPERATIONS,
+    AsyncClosing,
     BackendClosed,
     BackendError,
     BackendFuture,
@@ -55,7 +55,7 @@ from crucible.training.port import (
 )
 
 
-class TinkerBackend:
+class TinkerBackend(AsyncClosing):
     """A TrainingBackend on Tinker (or on ``python -m crucible.tinker_server``).
 
     Constructing it sends nothing; the first operation connects (on a setup thread). Use it
@@ -369,14 +369,3 @@ class TinkerBackend:
         in_background(close)
         with contextlib.suppress(Exception):  # best effort: the service expires it anyway
             await BackendFuture(closing)
-
-    async def __aenter__(self) -> TinkerBackend:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -182,3 +182,8 @@ async def test_wraps_the_local_backend(make_config: Callable[..., LocalBackendCo
         with pytest.raises(BackendOpFailed):
             await optim
         assert inner.step == 1  # applied, though the caller was told it failed
+
+
+def test_fault_ops_must_be_backend_operations() -> None:
+    with pytest.raises(ValueError, match="optim_stp"):
+        FaultyBackend(RecordingBackend(), seed=0, rate=0.5, ops=["optim_stp"])

@@ -32,7 +32,7 @@ from typing import Final, Literal, NoReturn, TypeVar
 import anyio
 import attrs
 
-from crucible.training.port import BackendCrashed, BackendOpFailed, DeferredResult
+from crucible.training.port import OPERATIONS, BackendCrashed, BackendOpFailed, DeferredResult
 
 T = TypeVar("T")
 FaultKind = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
@@ -82,6 +82,9 @@ class FaultSource:
         unknown = sorted(set(kinds) - set(FAULT_KINDS))
         if unknown or not kinds:
             raise ValueError(f"fault kinds must be a non-empty subset of {FAULT_KINDS}: {kinds}")
+        unknown_ops = sorted(set(ops or ()) - set(OPERATIONS))
+        if unknown_ops:
+            raise ValueError(f"fault ops {unknown_ops} are not operations; known: {OPERATIONS}")
         self.rng = random.Random(seed)
         self.rate = rate
         self.kinds = tuple(kind for kind in FAULT_KINDS if kind in set(kinds))  # stable order

@@ -16,7 +16,7 @@ from crucible.tinker_server._models import TrainingModel
 from crucible.tinker_server._paths import RunInfo
 from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
 
-from .server_kit import ADAM, BASE_MODEL, TASK, service_client
+from .tinker_kit import ADAM, BASE_MODEL, TASK, service_client
 
 
 def _model() -> TrainingModel:

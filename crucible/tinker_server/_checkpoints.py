@@ -10,6 +10,7 @@ replaced atomically and fsynced, like the checkpoints themselves.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from crucible.tinker_server._models import RunInfo, TrainingModel, new_backend
 from crucible.tinker_server._paths import KINDS, SCHEME, TinkerPath, run_folder_name
 from crucible.tinker_server._sessions import Sessions, model_id_of
 from crucible.training import CheckpointNotFound, UnknownBaseModel
+from crucible.training.local import LocalBackend
 
 # LEAD: import from the local backend package
 from crucible.training.local._files import CheckpointPath
 
 _CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
+_Saved = types.SaveWeightsResponse | types.SaveWeightsForSamplerResponse
 
 
 class Checkpoints:
@@ -60,32 +63,42 @@ class Checkpoints:
     # -- saving and loading (ordered by the model's seq_id) -----------------------------------
 
     async def save_weights(self, request: types.SaveWeightsRequest) -> str:
-        model = self.sessions.model(request.model_id)
         name = request.path or f"checkpoint-{request.seq_id}"
-
-        async def submit(pending: Pending) -> None:
-            await self.sessions.submit(
-                pending,
-                model.backend.save_state(name),
-                lambda saved: _path_result(saved.path, model, "save_weights"),
-            )
-
-        return await model.accept(request.seq_id, self.sessions.futures, submit)
+        return await self._save(
+            request.model_id,
+            request.seq_id,
+            "save_weights",
+            lambda backend: backend.save_state(name),
+        )
 
     async def save_weights_for_sampler(self, request: types.SaveWeightsForSamplerRequest) -> str:
         """A named save; an unnamed one is a sampling session (``Sampling.snapshot``)."""
-        assert request.path is not None
-        model = self.sessions.model(request.model_id)
         name = request.path
+        assert name is not None
+        return await self._save(
+            request.model_id,
+            request.seq_id,
+            "save_weights_for_sampler",
+            lambda backend: backend.save_weights_for_sampler(name),
+        )
+
+    async def _save(
+        self,
+        model_id: str,
+        seq_id: int | None,
+        kind: str,
+        save: Callable[[LocalBackend], Awaitable[Awaitable[_Saved]]],
+    ) -> str:
+        model = self.sessions.model(model_id)
 
         async def submit(pending: Pending) -> None:
             await self.sessions.submit(
                 pending,
-                model.backend.save_weights_for_sampler(name),
-                lambda saved: _path_result(saved.path, model, "save_weights_for_sampler"),
+                save(model.backend),
+                lambda saved: _path_result(saved.path, model, kind),
             )
 
-        return await model.accept(request.seq_id, self.sessions.futures, submit)
+        return await model.accept(seq_id, self.sessions.futures, submit)
 
     async def load_weights(self, request: types.LoadWeightsRequest) -> str:
         assert request.model_id is not None

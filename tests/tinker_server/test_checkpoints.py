@@ -16,16 +16,13 @@ from crucible.tinker_server._models import RunInfo
 from crucible.tinker_server._paths import TinkerPath
 from crucible.training import InvalidCheckpointPath
 
-# LEAD: import from the local backend package
-from crucible.training.local._files import CheckpointPath
-
 from .tinker_kit import BASE_MODEL, service_client
 
 
 def test_a_tinker_path_names_a_checkpoint_of_the_run_folder() -> None:
     path = TinkerPath.parse("tinker://ab12:train:0/sampler_weights/step-3")
     assert path.run_id == "ab12:train:0"
-    assert path.local == CheckpointPath("ab12_train_0", "sampler_weights", "step-3")
+    assert str(path.local) == "local://ab12_train_0/sampler_weights/step-3"
     assert path.local.file(Path("/root")) == Path("/root/ab12_train_0/step-3/sampler.pt")
     assert str(path) == "tinker://ab12:train:0/sampler_weights/step-3"
     assert path.checkpoint_id == "sampler_weights/step-3"

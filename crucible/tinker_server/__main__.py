@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from crucible.tinker_server._config import FAULT_KINDS, ServerConfig
+from crucible.tinker_server._config import HTTP_FAULT_KINDS, ServerConfig
 from crucible.tinker_server._run import serve
 
 
@@ -30,7 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="0..1 of requests fail")
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument(
-        "--fault-kinds", default=",".join(FAULT_KINDS), help=f"subset of {','.join(FAULT_KINDS)}"
+        "--fault-kinds",
+        default=",".join(HTTP_FAULT_KINDS),
+        help=f"subset of {','.join(HTTP_FAULT_KINDS)}",
     )
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument(

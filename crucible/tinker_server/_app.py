@@ -133,16 +133,16 @@ def build_app(
 
     async def create_session(request: Request) -> Response:
         await _parse(request, types.CreateSessionRequest)
-        session_id = service().create_session(request.headers.get("x-idempotency-key"))
+        session_id = service().sessions.create_session(request.headers.get("x-idempotency-key"))
         return JSONResponse({"session_id": session_id, "type": "create_session"})
 
     async def heartbeat(request: Request) -> Response:
         body = await _json(request)
-        service().heartbeat(str(body.get("session_id", "")))
+        service().sessions.heartbeat(str(body.get("session_id", "")))
         return JSONResponse({"type": "session_heartbeat"})
 
     async def finish_session(request: Request) -> Response:
-        await service().finish_session(request.path_params["session_id"])
+        await service().sessions.finish_session(request.path_params["session_id"])
         return JSONResponse({})
 
     async def telemetry(_request: Request) -> Response:
@@ -158,32 +158,34 @@ def build_app(
 
     async def create_model(request: Request) -> Response:
         parsed = await _parse(request, types.CreateModelRequest)
-        return future(await service().create_model(parsed))
+        return future(await service().training.create_model(parsed))
 
     async def get_info(request: Request) -> Response:
         parsed = await _parse(request, types.GetInfoRequest)
-        return JSONResponse(service().info(parsed.model_id).model_dump(mode="json"))
+        return JSONResponse(service().training.info(parsed.model_id).model_dump(mode="json"))
 
     async def forward_backward(request: Request) -> Response:
         body = decode_body(await request.body(), request.headers.get("content-encoding"))
         message = parse_forward_backward(body)
-        return future(await service().forward_backward(message), model_id=message.model_id)
+        return future(await service().training.forward_backward(message), model_id=message.model_id)
 
     async def optim_step(request: Request) -> Response:
         parsed = await _parse(request, types.OptimStepRequest)
-        return future(await service().optim_step(parsed), model_id=parsed.model_id)
+        return future(await service().training.optim_step(parsed), model_id=parsed.model_id)
 
     async def save_weights(request: Request) -> Response:
         parsed = await _parse(request, types.SaveWeightsRequest)
-        return future(await service().save_weights(parsed), model_id=parsed.model_id)
+        return future(await service().checkpoints.save_weights(parsed), model_id=parsed.model_id)
 
     async def load_weights(request: Request) -> Response:
         parsed = await _parse(request, types.LoadWeightsRequest)
         if parsed.model_id is not None:
-            return future(await service().load_weights(parsed), model_id=parsed.model_id)
+            return future(
+                await service().checkpoints.load_weights(parsed), model_id=parsed.model_id
+            )
         if parsed.session_id is None or parsed.model_seq_id is None:
             raise ServiceError(422, "load_weights needs model_id, or session_id and model_seq_id")
-        return future(await service().create_from_state(parsed))
+        return future(await service().checkpoints.create_from_state(parsed))
 
     async def save_for_sampler(request: Request) -> Response:
         parsed = await _parse(request, types.SaveWeightsForSamplerRequest)
@@ -191,17 +193,21 @@ def build_app(
             raise ServiceError(
                 422, "save_weights_for_sampler needs path or sampling_session_seq_id"
             )
-        return future(await service().save_weights_for_sampler(parsed), model_id=parsed.model_id)
+        if parsed.path is None:
+            request_id = await service().sampling.snapshot(parsed)
+        else:
+            request_id = await service().checkpoints.save_weights_for_sampler(parsed)
+        return future(request_id, model_id=parsed.model_id)
 
     # -- sampling ------------------------------------------------------------------------
 
     async def create_sampling_session(request: Request) -> Response:
         parsed = await _parse(request, types.CreateSamplingSessionRequest)
-        sampler_id = await service().create_sampling_session(parsed)
+        sampler_id = await service().sampling.create_sampling_session(parsed)
         return JSONResponse({"sampling_session_id": sampler_id, "type": "create_sampling_session"})
 
     async def get_sampler(request: Request) -> Response:
-        sampler = service().sampler(request.path_params["sampler_id"])
+        sampler = service().sampling.sampler(request.path_params["sampler_id"])
         return JSONResponse(
             {
                 "sampler_id": sampler.sampler_id,
@@ -212,7 +218,7 @@ def build_app(
 
     async def asample(request: Request) -> Response:
         parsed = await _parse(request, types.SampleRequest)
-        request_id, sequence_ids = await service().sample(parsed)
+        request_id, sequence_ids = await service().sampling.sample(parsed)
         return future(request_id, sample_sequence_ids=sequence_ids)
 
     # -- futures -------------------------------------------------------------------------
@@ -222,7 +228,7 @@ def build_app(
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str):
             raise ServiceError(422, "retrieve_future needs a request_id string")
-        pending = service().futures.get(request_id)
+        pending = service().sessions.futures.get(request_id)
         if pending is None:
             # 410: the SDK treats the promise as lost (and samplers resubmit).
             raise ServiceError(410, f"unknown or expired request id {request_id!r}")
@@ -236,12 +242,12 @@ def build_app(
     # -- checkpoints ---------------------------------------------------------------------
 
     async def list_checkpoints(request: Request) -> Response:
-        checkpoints = service().list_checkpoints(request.path_params["run_id"])
+        checkpoints = service().checkpoints.list_checkpoints(request.path_params["run_id"])
         return JSONResponse({"checkpoints": checkpoints})
 
     async def delete_checkpoint(request: Request) -> Response:
         params = request.path_params
-        service().delete_checkpoint(params["run_id"], params["kind"], params["name"])
+        service().checkpoints.delete_checkpoint(params["run_id"], params["kind"], params["name"])
         return JSONResponse({})
 
     routes = [

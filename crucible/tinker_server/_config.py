@@ -7,8 +7,9 @@ from typing import Any, Final
 
 import attrs
 
-#: The statuses and failures the fault mode draws from (see ``FaultInjector``).
-FAULT_KINDS: Final = ("500", "503", "429", "drop")
+#: The HTTP-level failures the fault mode draws from (see ``FaultInjector``); the training
+#: layer's FAULT_KINDS are backend faults, a different vocabulary.
+HTTP_FAULT_KINDS: Final = ("500", "503", "429", "drop")
 
 
 @attrs.frozen
@@ -28,7 +29,7 @@ class ServerConfig:
     long_poll_s: float = attrs.field(default=25.0)
     fault_rate: float = attrs.field(default=0.0)
     fault_seed: int = 0
-    fault_kinds: tuple[str, ...] = attrs.field(default=FAULT_KINDS)
+    fault_kinds: tuple[str, ...] = attrs.field(default=HTTP_FAULT_KINDS)
     fault_retry_after_ms: int = 20
     torch_threads: int | None = None
     client_config: dict[str, Any] = attrs.field(factory=dict)
@@ -45,6 +46,8 @@ class ServerConfig:
 
     @fault_kinds.validator
     def _check_kinds(self, _attribute: Any, value: tuple[str, ...]) -> None:
-        unknown = sorted(set(value) - set(FAULT_KINDS))
+        unknown = sorted(set(value) - set(HTTP_FAULT_KINDS))
         if unknown or not value:
-            raise ValueError(f"fault_kinds must be a non-empty subset of {FAULT_KINDS}: {value}")
+            raise ValueError(
+                f"fault_kinds must be a non-empty subset of {HTTP_FAULT_KINDS}: {value}"
+            )

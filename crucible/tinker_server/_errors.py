@@ -5,7 +5,6 @@ from __future__ import annotations
 from crucible.tinker_server._futures import ErrorCategory
 from crucible.tinker_server._wire import BadTensor
 from crucible.training import (
-    BackendError,
     CheckpointError,
     InvalidDatum,
     UnknownBaseModel,
@@ -42,7 +41,3 @@ def category(error: BaseException) -> ErrorCategory:
 def describe(error: BaseException) -> str:
     """The exception's class name first, so a client can tell the kinds apart."""
     return f"{type(error).__name__}: {error}"
-
-
-def is_backend_error(error: BaseException) -> bool:
-    return isinstance(error, BackendError)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
 import attrs
+import pydantic
 
 ErrorCategory = Literal["user", "server", "unknown"]
 
@@ -32,6 +34,18 @@ class Outcome:
     def failed(cls, message: str, category: ErrorCategory) -> Outcome:
         # The SDK treats any body with an "error" key as a failed request.
         return cls.json({"error": message, "category": category})
+
+
+def sdk_json(kind: str | None) -> Callable[[pydantic.BaseModel], Outcome]:
+    """Encodes an SDK response as JSON, tagged ``"type": kind`` when the SDK expects one."""
+
+    def encode(result: pydantic.BaseModel) -> Outcome:
+        payload = result.model_dump(mode="json", exclude_none=True)
+        if kind is not None:
+            payload["type"] = kind
+        return Outcome.json(payload)
+
+    return encode
 
 
 class Pending:

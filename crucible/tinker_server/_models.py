@@ -1,4 +1,4 @@
-"""Training models of the server: one local backend each, fed in seq_id order.
+"""Training models of the server: what each trains, its local backend, fed in seq_id order.
 
 The SDK numbers each TrainingClient's requests (seq_id 1, 2, ...; creation is 0) and may send
 them out of order: the chunks of one forward_backward go out concurrently, the first chunk
@@ -11,13 +11,75 @@ nothing is applied twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import anyio
+import msgspec
 
+from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, category, describe
 from crucible.tinker_server._futures import FutureTable, Outcome, Pending
-from crucible.tinker_server._paths import RunInfo
-from crucible.training.local import LocalBackend
+from crucible.tinker_server._paths import run_folder_name
+from crucible.training import UnknownBaseModel
+from crucible.training.local import (
+    BASE_MODELS,
+    LORA_TARGETS,
+    LocalBackend,
+    LocalBackendConfig,
+    LoraConfig,
+)
+
+_ATTENTION: Final = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP: Final = ("up_proj", "down_proj")
+
+
+class RunInfo(msgspec.Struct, frozen=True):
+    """What a training run trains: enough to rebuild a model that can load its checkpoints."""
+
+    model_id: str
+    base_model: str
+    lora_rank: int
+    seed: int
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = True
+
+
+def local_lora(run: RunInfo) -> LoraConfig:
+    """Tinker's LoRA switches on the local model: attention is q/k/v/o, the MLP is up/down;
+    the local models have no LoRA on the unembedding. alpha = 2 * rank (the local backend's
+    default scale of 2)."""
+    targets = (_ATTENTION if run.train_attn else ()) + (_MLP if run.train_mlp else ())
+    if not targets:
+        raise ValueError(
+            "this server's models need train_attn or train_mlp: they have no LoRA on the "
+            "unembedding alone"
+        )
+    assert set(targets) <= set(LORA_TARGETS)
+    return LoraConfig(rank=run.lora_rank, alpha=2.0 * run.lora_rank, target_modules=targets)
+
+
+def check_base_model(name: str) -> None:
+    if name not in BASE_MODELS:
+        raise UnknownBaseModel(
+            f"unknown base model {name!r}; this server serves {', '.join(sorted(BASE_MODELS))}"
+        )
+
+
+def new_backend(config: ServerConfig, run: RunInfo, run_id: str) -> LocalBackend:
+    """A local backend for ``run`` whose checkpoints go to the run folder of ``run_id``
+    (blocking: it builds the model)."""
+    return LocalBackend(
+        LocalBackendConfig(
+            base_model=run.base_model,
+            lora=local_lora(run),
+            seed=run.seed,
+            checkpoint_root=config.root,
+            run_id=run_folder_name(run_id),
+            num_threads=config.torch_threads,
+        )
+    )
+
 
 Submit = Callable[[Pending], Awaitable[None]]
 

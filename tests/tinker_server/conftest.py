@@ -7,7 +7,7 @@ import pytest
 
 from crucible.tinker_server import RunningServer, ServerConfig, running_server
 
-from .server_kit import API_KEY
+from .tinker_kit import API_KEY
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from crucible.tinker_server import RunningServer
 from crucible.tinker_server._futures import FutureTable, Pending
-from crucible.tinker_server._models import TrainingModel
-from crucible.tinker_server._paths import RunInfo
+from crucible.tinker_server._models import RunInfo, TrainingModel
 from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
 
-from .server_kit import ADAM, BASE_MODEL, TASK, service_client
+from .tinker_kit import ADAM, BASE_MODEL, TASK, service_client
 
 
 def _model() -> TrainingModel:

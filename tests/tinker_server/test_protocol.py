@@ -15,7 +15,7 @@ from tinker.proto.request_conv import forward_backward_request_to_proto
 
 from crucible.tinker_server import RunningServer, ServerConfig, running_server
 
-from .server_kit import ADAM, API_KEY, BASE_MODEL, TASK, TOKENIZER, make_datum, service_client
+from .tinker_kit import ADAM, API_KEY, BASE_MODEL, TASK, TOKENIZER, make_datum, service_client
 
 HEADERS = {"X-API-Key": API_KEY}
 

@@ -11,7 +11,7 @@ from crucible.run import main
 from crucible.tinker_server import ServerConfig, running_server
 
 from ..recipes.run_kit import read_jsonl, tiny_overrides
-from .server_kit import API_KEY
+from .tinker_kit import API_KEY
 
 RANK = 4
 

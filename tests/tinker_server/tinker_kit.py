@@ -1,4 +1,5 @@
-"""Shared helpers for the Tinker server tests: data, and SDK clients pointed at a server."""
+"""What the Tinker server tests share: the API key, the base model, training data, and SDK
+clients pointed at a server (the server itself runs in-process, from ``running_server``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,120 @@
+"""Creating training models and training them: forward_backward, optim_step, get_info."""
+
+from __future__ import annotations
+
+import secrets
+
+import anyio.to_thread
+from tinker import types
+from tinker.proto import tinker_public_pb2 as pb
+
+from crucible.tinker_server._checkpoints import Checkpoints
+from crucible.tinker_server._config import ServerConfig
+from crucible.tinker_server._errors import ServiceError, describe
+from crucible.tinker_server._futures import Outcome, Pending, sdk_json
+from crucible.tinker_server._models import (
+    RunInfo,
+    TrainingModel,
+    check_base_model,
+    local_lora,
+    new_backend,
+)
+from crucible.tinker_server._sessions import Sessions, model_id_of
+from crucible.tinker_server._wire import (
+    PROTOBUF,
+    BadTensor,
+    datums,
+    encode_forward_backward_output,
+)
+from crucible.training import UnknownBaseModel
+
+
+class Training:
+    def __init__(self, config: ServerConfig, sessions: Sessions, checkpoints: Checkpoints) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.checkpoints = checkpoints
+
+    async def create_model(self, request: types.CreateModelRequest) -> str:
+        self.sessions.session(request.session_id)
+        known = self.sessions.creating(request.session_id, request.model_seq_id)
+        if known is not None:
+            return known
+        try:
+            check_base_model(request.base_model)
+        except UnknownBaseModel as error:
+            raise ServiceError(400, describe(error)) from None
+        if request.optimizer_config.type != "adamw":
+            raise ServiceError(
+                400, f"optimizer {request.optimizer_config.type!r} is not supported; use adamw"
+            )
+        lora = request.lora_config or types.LoraConfig(rank=32)
+        model_id = model_id_of(request.session_id, request.model_seq_id)
+        run = RunInfo(
+            model_id=model_id,
+            base_model=request.base_model,
+            lora_rank=lora.rank,
+            seed=lora.seed if lora.seed is not None else secrets.randbits(31),
+            train_attn=lora.train_attn,
+            train_mlp=lora.train_mlp,
+            train_unembed=lora.train_unembed,
+        )
+        try:
+            local_lora(run)
+        except ValueError as error:
+            raise ServiceError(400, describe(error)) from None
+        pending = self.sessions.create(request.session_id, request.model_seq_id)
+
+        async def create() -> str:
+            backend = await anyio.to_thread.run_sync(new_backend, self.config, run, model_id)
+            await self.checkpoints.write_run(run)
+            self.sessions.add_model(TrainingModel(model_id, request.session_id, run, backend))
+            return model_id
+
+        self.sessions.finish(
+            pending, create, lambda mid: Outcome.json({"model_id": mid, "type": "create_model"})
+        )
+        return pending.request_id
+
+    # -- ordered by seq_id ---------------------------------------------------------------------
+
+    async def forward_backward(self, message: pb.ForwardBackwardRequest) -> str:
+        model = self.sessions.model(message.model_id)
+        forward_only = message.forward_only
+        loss_fn = message.loss_fn or "cross_entropy"
+
+        async def submit(pending: Pending) -> None:
+            try:
+                data = datums(message)
+            except BadTensor as error:
+                pending.resolve(Outcome.failed(describe(error), "user"))
+                return
+            run = model.backend.forward if forward_only else model.backend.forward_backward
+            await self.sessions.submit(pending, run(data, loss_fn), _proto_output)
+
+        return await model.accept(message.seq_id, self.sessions.futures, submit)
+
+    async def optim_step(self, request: types.OptimStepRequest) -> str:
+        model = self.sessions.model(request.model_id)
+        params = request.optim_params
+
+        async def submit(pending: Pending) -> None:
+            if not isinstance(params, types.AdamParams):
+                pending.resolve(
+                    Outcome.failed(
+                        f"ValueError: optimizer params {params!r} are not AdamParams", "user"
+                    )
+                )
+                return
+            await self.sessions.submit(pending, model.backend.optim_step(params), sdk_json(None))
+
+        return await model.accept(request.seq_id, self.sessions.futures, submit)
+
+    def info(self, model_id: str) -> types.GetInfoResponse:
+        model = self.sessions.model(model_id)
+        info = model.backend.info()
+        return info.model_copy(update={"model_id": model_id})
+
+
+def _proto_output(output: types.ForwardBackwardOutput) -> Outcome:
+    return Outcome(encode_forward_backward_output(output), PROTOBUF)

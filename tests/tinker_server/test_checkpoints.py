@@ -1,0 +1,80 @@
+"""Checkpoint paths map onto the local backend's path type; run records are written durably."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from crucible.tinker_server import RunningServer, ServerConfig
+from crucible.tinker_server._checkpoints import Checkpoints
+from crucible.tinker_server._models import RunInfo
+from crucible.tinker_server._paths import TinkerPath
+from crucible.training import InvalidCheckpointPath
+
+from .tinker_kit import BASE_MODEL, service_client
+
+
+def test_a_tinker_path_names_a_checkpoint_of_the_run_folder() -> None:
+    path = TinkerPath.parse("tinker://ab12:train:0/sampler_weights/step-3")
+    assert path.run_id == "ab12:train:0"
+    assert str(path.local) == "local://ab12_train_0/sampler_weights/step-3"
+    assert path.local.file(Path("/root")) == Path("/root/ab12_train_0/step-3/sampler.pt")
+    assert str(path) == "tinker://ab12:train:0/sampler_weights/step-3"
+    assert path.checkpoint_id == "sampler_weights/step-3"
+    assert TinkerPath.from_local(str(path.local), path.run_id) == path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "local://run/weights/a",
+        "tinker://run/weights",
+        "tinker://run/optimizer/a",
+        "tinker://run/weights/a/b",
+        "tinker://:run/weights/a",
+        "tinker://run/weights/.hidden",
+        "tinker://run/weights/a:b",
+    ],
+)
+def test_paths_that_are_not_checkpoints_of_this_server_are_refused(text: str) -> None:
+    with pytest.raises(InvalidCheckpointPath):
+        TinkerPath.parse(text)
+
+
+def test_a_run_record_is_replaced_atomically(tmp_path: Path, monkeypatch: Any) -> None:
+    checkpoints = Checkpoints(ServerConfig(root=tmp_path), sessions=None)  # type: ignore[arg-type]
+    first = RunInfo("s:train:0", BASE_MODEL, lora_rank=4, seed=1)
+    second = msgspec.structs.replace(first, seed=2)
+
+    def crash(*_args: Any) -> None:
+        raise OSError("killed before the rename")
+
+    async def main() -> None:
+        await checkpoints.write_run(first)
+        assert await checkpoints.read_run("s:train:0") == first
+        monkeypatch.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="killed"):
+            await checkpoints.write_run(second)
+        monkeypatch.undo()
+        assert await checkpoints.read_run("s:train:0") == first
+
+    anyio.run(main)
+    assert sorted(p.name for p in (tmp_path / "s_train_0").iterdir()) == ["run.json"]
+
+
+def test_a_new_model_records_its_run_beside_its_checkpoints(server: RunningServer) -> None:
+    client = service_client(server.base_url)
+    training = client.create_lora_training_client(BASE_MODEL, rank=4, seed=7).result()
+    saved = training.save_state("first").result()
+    client.close("success").result()
+    path = TinkerPath.parse(saved.path)
+    folder = server.config.root / path.local.run_id
+    run = msgspec.json.decode((folder / "run.json").read_bytes(), type=RunInfo)
+    assert run == RunInfo(training.model_id, BASE_MODEL, lora_rank=4, seed=7)
+    assert path.local.file(server.config.root).is_file()
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import ConfigError, TrainConfig, config_to_dict, load_config
+from crucible.recipes import ConfigError, TrainConfig, config_to_dict, load_config
 from crucible.run import main
 
 

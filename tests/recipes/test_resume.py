@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from crucible.config import load_config
-from crucible.recipes import ProgressReporter
-from crucible.run import StopSwitch, execute_run, main, prepare_run_dir
+from crucible.recipes import ProgressReporter, StopSwitch, execute_run, load_config, prepare_run_dir
+from crucible.recipes.sl_basic._stages import Evaluate
+from crucible.run import main
 from crucible.telemetry import attach, detach
 
 from .run_kit import (
@@ -201,8 +201,6 @@ def test_a_crash_exits_1_with_the_error_and_the_resume_command_and_resume_finish
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from crucible.recipes import Evaluate
-
     async def crash_at_24(self: Evaluate, ctx: Any) -> None:
         if ctx.state.step == 24:
             raise RuntimeError("the GPU caught fire")

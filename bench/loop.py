@@ -27,18 +27,17 @@ from rich.console import Console
 from rich.table import Table
 from tinker import types
 
-from crucible.config import TrainConfig
 from crucible.metrics import MemoryMetricsStore
 from crucible.recipes import (
-    SL_BASIC,
     ChatRenderer,
     Context,
     EvalResult,
-    SLState,
     TaskDatasetStore,
+    TrainConfig,
     datum_weight,
     run_workflow,
 )
+from crucible.recipes.sl_basic import SL_BASIC, SLState
 from crucible.telemetry import attach, detach
 from crucible.training.local import ByteTokenizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import ConfigError, TrainConfig, config_to_dict, load_config
+from crucible.recipes import ConfigError, TrainConfig, config_to_dict, load_config
 from crucible.run import main
 
 
@@ -85,3 +85,8 @@ def test_print_config_shows_the_resolved_config(capsys: pytest.CaptureFixture[st
     shown = json.loads(capsys.readouterr().out)
     assert shown["lr"] == 1e-3 and shown["inject_faults"] == 0.2
     assert set(shown) == set(config_to_dict(TrainConfig()))
+
+
+def test_fault_kinds_are_training_s_own_even_when_built_directly() -> None:
+    with pytest.raises(ConfigError, match="fault_kinds has unknown kinds"):
+        TrainConfig(fault_kinds=("meteor",))  # type: ignore[arg-type]

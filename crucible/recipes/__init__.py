@@ -1,8 +1,17 @@
-"""Recipes (layer 5): supervised fine-tuning as a workflow of stages, its datasets, renderer,
-learning-rate schedules and evaluation. See docs/recipes.md.
+"""Recipes (layer 5): the recipe config, the stage runner, the ``sl_basic`` package
+(supervised fine-tuning as a workflow of stages), datasets, renderer, learning-rate schedules,
+evaluation, and the run job with its restart policy. See docs/recipes.md.
 """
 
 from crucible.recipes._batches import BatchPlan
+from crucible.recipes._config import (
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+)
 from crucible.recipes._data import (
     Conversation,
     DatasetError,
@@ -15,40 +24,22 @@ from crucible.recipes._data import (
     read_conversations,
 )
 from crucible.recipes._eval import EvalResult, Evaluator, SamplingEvaluator
+from crucible.recipes._job import (
+    RunCheck,
+    RunDirExists,
+    RunOutcome,
+    StopSwitch,
+    check_run,
+    default_run_dir,
+    execute_run,
+    prepare_run_dir,
+    resume_command,
+)
 from crucible.recipes._progress import ProgressReporter
 from crucible.recipes._render import ChatRenderer, ChatTemplate, RenderedExample, datum_weight
-from crucible.recipes._run_dir import RunFiles, run_dir_files, truncate_metrics_after
+from crucible.recipes._run_dir import RunFiles, run_dir_files
 from crucible.recipes._schedule import SCHEDULES, learning_rate
-from crucible.recipes._session_setup import (
-    BackendUnavailable,
-    TrainingHandles,
-    build_backend,
-    open_training_session,
-)
-from crucible.recipes._sl_basic import (
-    SL_BASIC,
-    AwaitForwardBackward,
-    AwaitOptimStep,
-    BuildDataset,
-    Checkpoint,
-    Cleanup,
-    EndEpoch,
-    Evaluate,
-    EvaluateInitial,
-    FinalEvaluate,
-    ForwardBackward,
-    InFlight,
-    InitSession,
-    LoadDataset,
-    LogStepMetrics,
-    OptimStep,
-    RegisterModel,
-    SaveFinal,
-    SLState,
-    drain,
-    record_metrics,
-    sl_basic_workflow,
-)
+from crucible.recipes._session_setup import BackendUnavailable
 from crucible.recipes._workflow import (
     Context,
     FunctionStage,
@@ -65,63 +56,52 @@ from crucible.recipes._workflow import (
 
 __all__ = [
     "SCHEDULES",
-    "SL_BASIC",
-    "AwaitForwardBackward",
-    "AwaitOptimStep",
     "BackendUnavailable",
     "BatchPlan",
-    "BuildDataset",
     "ChatRenderer",
     "ChatTemplate",
-    "Checkpoint",
-    "Cleanup",
+    "ConfigError",
     "Context",
     "Conversation",
     "DatasetError",
     "DatasetSplits",
     "DatasetStore",
-    "EndEpoch",
     "EvalResult",
-    "Evaluate",
-    "EvaluateInitial",
     "Evaluator",
-    "FinalEvaluate",
-    "ForwardBackward",
     "FunctionStage",
-    "InFlight",
-    "InitSession",
     "JsonlDatasetStore",
-    "LoadDataset",
     "LoadedConversations",
-    "LogStepMetrics",
     "Loop",
     "Message",
     "MissingAdapters",
-    "OptimStep",
     "ProgressReporter",
     "Recipe",
-    "RegisterModel",
     "RenderedExample",
+    "RunCheck",
+    "RunDirExists",
     "RunFiles",
-    "SLState",
+    "RunOutcome",
     "SamplingEvaluator",
-    "SaveFinal",
     "Stage",
     "StageFailed",
     "StopRequested",
+    "StopSwitch",
     "TaskDatasetStore",
-    "TrainingHandles",
+    "TrainConfig",
     "WorkflowError",
-    "build_backend",
     "check_adapters",
+    "check_run",
+    "config_from_dict",
+    "config_to_dict",
     "datum_weight",
-    "drain",
+    "default_run_dir",
+    "execute_run",
     "learning_rate",
-    "open_training_session",
+    "load_config",
+    "parse_overrides",
+    "prepare_run_dir",
     "read_conversations",
-    "record_metrics",
+    "resume_command",
     "run_dir_files",
     "run_workflow",
-    "sl_basic_workflow",
-    "truncate_metrics_after",
 ]

@@ -26,7 +26,6 @@ from crucible.telemetry import attach, detach
 _EVENTS = (
     "crucible_train.batch.stop",
     "crucible_train.evaluation.stop",
-    "crucible_train.restart",
     "crucible.actor.restarted",
 )
 
@@ -82,12 +81,6 @@ class ProgressReporter:
             reason = metadata.get("reason")
             why = f" ({reason})" if reason and reason != "None" else ""
             self.print(f"supervisor: restarted {metadata.get('actor')}{why}")
-            return
-        if name == "crucible_train.restart":
-            self.print(
-                f"the training tree gave up in stage {metadata.get('stage')} "
-                f"({metadata.get('reason')}); restarting it from the last checkpoint"
-            )
             return
         if name.endswith("evaluation.stop"):
             self.print(

@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 
 from crucible.actors import Backoff, Runtime
-from crucible.config import ConfigError, TrainConfig
+from crucible.recipes._config import ConfigError, TrainConfig
 from crucible.training import (
     CheckpointManagerClient,
     CheckpointRecord,
@@ -31,9 +31,11 @@ class BackendUnavailable(RuntimeError):
     """The chosen backend cannot be used here (missing credentials or package)."""
 
 
-#: open_training's restart intensity: at most ``max_restarts`` within this window; the backoff
-#: before the k-th restart in the window doubles from 10 ms up to ``restart_backoff_s``.
-_RESTART_WINDOW_S = 60.0
+#: The run's one restart policy is the training tree's supervisor intensity: at most
+#: ``max_restarts`` restarts of the session within this window, the backoff before each
+#: doubling from 10 ms up to ``restart_backoff_s``. Past it the tree gives up and the run fails
+#: (resumable from its last checkpoint); nothing above the tree restarts it again.
+RESTART_WINDOW_S = 60.0
 
 
 @attrs.frozen
@@ -99,8 +101,6 @@ async def open_training_session(
     config: TrainConfig,
     log_dir: Path,
     run_id: str,
-    *,
-    incarnation: int = 0,
 ) -> AsyncIterator[TrainingHandles]:
     """The training client and its actors for one run: crucible.training's supervised tree
     (``open_training``: metrics, registry, checkpoint manager, session, rest_for_one).
@@ -108,8 +108,7 @@ async def open_training_session(
     The client is the Session: a failed backend operation restarts the session from the last
     state checkpoint and replays, so the run ends with the weights of a run without failures.
     With ``inject_faults`` each session incarnation's backend is a FaultyBackend with its own
-    seed. ``incarnation`` counts restarts of the whole tree (after it gave up), so those meet
-    other faults too.
+    seed.
     """
     check_backend(config)
 
@@ -119,7 +118,7 @@ async def open_training_session(
             return backend
         return FaultyBackend(
             backend,
-            seed=config.seed * 1_000_003 + incarnation * 1009 + session_incarnation,
+            seed=config.seed * 1_000_003 + session_incarnation,
             rate=config.inject_faults,
             kinds=config.fault_kinds,
             ops=config.fault_ops or None,
@@ -132,7 +131,7 @@ async def open_training_session(
         registry_path=registry_path(config, log_dir),
         name=f"training:{run_id}",
         max_restarts=config.max_restarts,
-        max_seconds=_RESTART_WINDOW_S,
+        max_seconds=RESTART_WINDOW_S,
         backoff=Backoff(
             initial=min(0.01, config.restart_backoff_s),
             maximum=config.restart_backoff_s,
@@ -148,6 +147,7 @@ async def open_training_session(
         )
 
 
+# LEAD: read training's checkpoint log (and its CHECKPOINTS_FILE) instead of parsing it here
 def latest_state_checkpoint(run_dir: Path) -> CheckpointRecord | None:
     """The newest checkpoint with a state path in ``run_dir/checkpoints.jsonl`` (final first)."""
     log = run_dir / "checkpoints.jsonl"
@@ -174,6 +174,7 @@ def import_initial_weights(source_run: Path, log_dir: Path, run_id: str) -> str:
     record = latest_state_checkpoint(source_run)
     if record is None or record.state_path is None:
         raise ConfigError(f"init_from: {source_run} has no state checkpoint to start from")
+    # LEAD: parse and build these paths with the local backend's CheckpointPath
     prefix = "local://"
     source_run_id, _, name = record.state_path.removeprefix(prefix).partition("/weights/")
     if not record.state_path.startswith(prefix) or not name:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from tinker import types
 
-from crucible.config import TrainConfig
 from crucible.metrics import MemoryMetricsStore
-from crucible.recipes import SL_BASIC, Context, EvalResult, SLState, TaskDatasetStore, run_workflow
+from crucible.recipes import Context, EvalResult, TaskDatasetStore, TrainConfig, run_workflow
+from crucible.recipes.sl_basic import SL_BASIC, SLState
 from crucible.training.local import ByteTokenizer
 
 pytestmark = pytest.mark.anyio

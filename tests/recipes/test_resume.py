@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from crucible.config import load_config
-from crucible.recipes import ProgressReporter
-from crucible.run import StopSwitch, execute_run, main, prepare_run_dir
+from crucible.recipes import ProgressReporter, StopSwitch, execute_run, load_config, prepare_run_dir
+from crucible.recipes.sl_basic._stages import Evaluate
+from crucible.run import main
 from crucible.telemetry import attach, detach
 
 from .run_kit import (
@@ -44,13 +44,37 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+def _summary_numbers_on_disk(run_dir: Path) -> dict[str, Any]:
+    """The summary's numbers as metrics.jsonl has them: first and last of each series."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        series.setdefault(row["metric"], []).append((row["step"], row["value"]))
+    for points in series.values():
+        points.sort(key=lambda point: point[0])
+    numbers: dict[str, Any] = {"steps": series["train/loss"][-1][0]}
+    for key, metric in (("train_loss", "train/loss"), ("eval_nll", "eval/nll")):
+        numbers[f"{key}_first"] = series[metric][0][1]
+        numbers[f"{key}_last"] = series[metric][-1][1]
+    numbers["eval_accuracy_first"] = series["eval/accuracy"][0][1]
+    numbers["eval_accuracy_last"] = series["eval/accuracy"][-1][1]
+    numbers["eval_accuracy_by_task"] = {
+        name.removeprefix("eval/accuracy/"): points[-1][1]
+        for name, points in sorted(series.items())
+        if name.startswith("eval/accuracy/")
+    }
+    return numbers
+
+
 def _assert_like_reference(run_dir: Path, reference: Path) -> None:
     counts = metric_steps(run_dir)
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
     assert set(counts) == set(metric_steps(reference))
     for name in ("checkpoints.jsonl", "telemetry.jsonl"):
         read_jsonl(run_dir / name)  # every line parses
-    json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # Built from the run's state, resumes included: the same numbers as the whole file.
+    numbers = _summary_numbers_on_disk(run_dir)
+    assert {key: summary[key] for key in numbers} == numbers
     assert same_weights(final_weights(run_dir), final_weights(reference))
 
 
@@ -201,8 +225,6 @@ def test_a_crash_exits_1_with_the_error_and_the_resume_command_and_resume_finish
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from crucible.recipes import Evaluate
-
     async def crash_at_24(self: Evaluate, ctx: Any) -> None:
         if ctx.state.step == 24:
             raise RuntimeError("the GPU caught fire")

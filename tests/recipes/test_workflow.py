@@ -9,7 +9,6 @@ import attrs
 import pytest
 
 from crucible.recipes import (
-    SL_BASIC,
     Context,
     FunctionStage,
     Loop,
@@ -19,6 +18,7 @@ from crucible.recipes import (
     StopRequested,
     run_workflow,
 )
+from crucible.recipes.sl_basic import SL_BASIC
 from crucible.telemetry import attach, detach
 
 pytestmark = pytest.mark.anyio

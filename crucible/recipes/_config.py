@@ -1,5 +1,5 @@
-"""Run configuration: attrs classes loaded with cattrs from TOML files and ``key=value``
-overrides, with errors that name the field and what was expected.
+"""The sl_basic recipe's run configuration: attrs classes loaded with cattrs from TOML files
+and ``key=value`` overrides, with errors that name the field and what was expected.
 
 ``load_config(path, ["lr=1e-3", "lr_schedule=cosine"])`` reads the TOML file (if any), applies
 the overrides (each value is read as a TOML value, else as a plain string, so ``lr=1e-3`` is a
@@ -22,14 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 import attrs
 import cattrs
 
-__all__ = [
-    "ConfigError",
-    "TrainConfig",
-    "config_from_dict",
-    "config_to_dict",
-    "load_config",
-    "parse_overrides",
-]
+from crucible.training import FAULT_KINDS, FaultKind
 
 LrSchedule = Literal["constant", "linear", "cosine"]
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -37,6 +30,7 @@ IfExists = Literal["ask", "delete", "resume", "raise"]
 BackendName = Literal["local", "tinker"]
 ChatTemplateName = Literal["auto", "crucible", "role_colon"]
 #: The TrainingBackend (and SamplingClient) operations FaultyBackend can fault.
+# LEAD: import OPERATIONS from crucible.training
 BACKEND_OPS = (
     "forward_backward",
     "forward",
@@ -49,7 +43,6 @@ BACKEND_OPS = (
     "sample",
     "compute_logprobs",
 )
-FaultKindName = Literal["latency", "transient", "crash", "applied_then_failed", "hang"]
 
 
 class ConfigError(ValueError):
@@ -130,7 +123,7 @@ class TrainConfig:
     init_from: str | None = None  # another run's directory: start from its last weights
     # -- fault injection (shows the supervisor at work)
     inject_faults: float = attrs.field(default=0.0, validator=_fraction)
-    fault_kinds: tuple[FaultKindName, ...] = ("transient", "crash", "applied_then_failed")
+    fault_kinds: tuple[FaultKind, ...] = ("transient", "crash", "applied_then_failed")
     # The ops that get faults; empty: every op. By default the training ops, not evaluation's
     # sampling: hundreds of sample calls per evaluation would almost surely meet a crash.
     fault_ops: tuple[str, ...] = (
@@ -155,6 +148,12 @@ class TrainConfig:
             )
         if not self.fault_kinds:
             raise ConfigError("fault_kinds must name at least one fault kind")
+        # Loaded configs are checked against FaultKind by cattrs; this covers direct construction.
+        unknown_kinds = sorted(set(self.fault_kinds) - set(FAULT_KINDS))
+        if unknown_kinds:
+            raise ConfigError(
+                f"fault_kinds has unknown kinds {unknown_kinds}; known: {', '.join(FAULT_KINDS)}"
+            )
         unknown_ops = sorted(set(self.fault_ops) - set(BACKEND_OPS))
         if unknown_ops:
             raise ConfigError(

@@ -1,0 +1,304 @@
+"""The run job behind ``python -m crucible.run``: sl_basic in a run directory, on the
+supervised training tree, with a summary at the end.
+
+Restarts have one owner: the training tree's supervisor (see ``open_training_session``). The
+job runs the workflow once; when the tree gives up, the run fails and can be resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import attrs
+
+from crucible.actors import Runtime, open_runtime
+from crucible.metrics import JsonlMetricsStore
+from crucible.recipes._batches import BatchPlan
+from crucible.recipes._config import TrainConfig, config_to_dict
+from crucible.recipes._data import JsonlDatasetStore, TaskDatasetStore
+from crucible.recipes._progress import ProgressReporter
+from crucible.recipes._run_dir import RunFiles, run_dir_files
+from crucible.recipes._session_setup import (
+    check_backend,
+    import_initial_weights,
+    latest_state_checkpoint,
+    open_training_session,
+    source_run_id,
+)
+from crucible.recipes._tasks import TaskName
+from crucible.recipes._workflow import (
+    Context,
+    StageFailed,
+    StopRequested,
+    check_adapters,
+    run_workflow,
+)
+from crucible.recipes.sl_basic import SL_BASIC, MetricHistory, SLState, summary_metrics
+from crucible.telemetry import JsonlHandler
+from crucible.training import ModelRegistryClient
+
+
+class RunDirExists(Exception):
+    """The run directory is in use and behavior_if_exists says not to touch it."""
+
+
+@attrs.define
+class RunOutcome:
+    status: str  # "completed" | "stopped" | "failed"
+    run_dir: Path
+    run_id: str
+    restarts: int = 0
+    resumed_from: str | None = None
+    model_id: int | None = None
+    sampler_path: str | None = None
+    skipped_lines: int = 0
+    error: str | None = None
+    summary: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define
+class StopSwitch:
+    """Set by the SIGINT watcher; read by the workflow's loops through the context."""
+
+    requested: bool = False
+    ctx: Context[Any, Any] | None = None
+
+    def request(self) -> None:
+        self.requested = True
+        if self.ctx is not None:
+            self.ctx.stop_requested = True
+
+
+@attrs.frozen
+class RunCheck:
+    """What a dry run found: the dataset's size and the batch plan."""
+
+    train_examples: int
+    test_examples: int
+    skipped_lines: int
+    plan: BatchPlan
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    if config.log_dir is not None:
+        return Path(config.log_dir)
+    return Path("runs") / f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python -m crucible.run --resume {shlex.quote(str(run_dir))}"
+
+
+def dataset_store(config: TrainConfig) -> TaskDatasetStore | JsonlDatasetStore:
+    if config.dataset == "default":
+        tasks = cast("tuple[TaskName, ...]", config.tasks)  # checked by TrainConfig
+        return TaskDatasetStore(tasks=tasks, shuffle_seed=config.seed)
+    return JsonlDatasetStore(
+        config.dataset,
+        config.test_dataset,
+        test_fraction=config.test_fraction,
+        skip_bad_lines=config.skip_bad_lines,
+        seed=config.seed,
+    )
+
+
+def check_run(config: TrainConfig) -> RunCheck:
+    """Check everything that can be checked without training: the backend's prerequisites,
+    the dataset (every line), the batch plan and the recipe's adapters.
+
+    Raises BackendUnavailable, DatasetError, MissingAdapters or ValueError."""
+    check_backend(config)
+    store = dataset_store(config)
+    splits = store.load_sync()
+    plan = BatchPlan(len(splits.train), config.batch_size, config.epochs, config.max_steps)
+    check_adapters(SL_BASIC, {"training_client": config.backend, "dataset_store": store})
+    return RunCheck(len(splits.train), len(splits.test), splits.skipped_lines, plan)
+
+
+def _no_one_to_ask(_run_dir: Path) -> str:
+    return "raise"
+
+
+def prepare_run_dir(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    *,
+    ask: Callable[[Path], str] = _no_one_to_ask,
+) -> bool:
+    """Check the backend, apply behavior_if_exists (``ask`` answers "resume", "delete" or
+    "raise" for ``ask``); returns whether the run resumes. Writes config.json.
+
+    Raises BackendUnavailable before anything is written, or RunDirExists."""
+    check_backend(config)
+    files = run_dir_files(run_dir)
+    if resume and not files.used():
+        raise RunDirExists(f"--resume {run_dir}: there is no run to resume there")
+    if files.used() and not resume:
+        behavior: str = config.behavior_if_exists
+        if behavior == "ask":
+            behavior = ask(run_dir)
+        if behavior == "raise":
+            raise RunDirExists(
+                f"{run_dir} already holds a run; resume it with {resume_command(run_dir)}, "
+                "or set behavior_if_exists=delete (or another log_dir)"
+            )
+        if behavior == "delete":
+            shutil.rmtree(run_dir)
+        resume = behavior == "resume"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.write_config(config_to_dict(attrs.evolve(config, log_dir=str(run_dir))))
+    return resume
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
+
+
+async def _watch_interrupts(switch: StopSwitch, reporter: ProgressReporter) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            if switch.requested:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+            reporter.print("Ctrl-C: finishing this step and saving a checkpoint (again to abort)")
+            switch.request()
+
+
+async def execute_run(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    reporter: ProgressReporter,
+    handle_signals: bool = True,
+    stop_switch: StopSwitch | None = None,
+) -> RunOutcome:
+    """Run sl_basic in ``run_dir`` (created and holding config.json) and write summary.json.
+
+    ``stop_switch.request()`` asks the run to stop as Ctrl-C does (SIGINT is watched unless
+    ``handle_signals`` is False)."""
+    files = run_dir_files(run_dir)
+    state = SLState(run_id=run_dir.name, resume=resume)
+    outcome = RunOutcome("failed", run_dir, state.run_id)
+    switch = stop_switch if stop_switch is not None else StopSwitch()
+    started = time.perf_counter()
+    files.repair_tails()
+    telemetry = JsonlHandler(files.telemetry, handler_id=f"crucible.run.telemetry:{run_dir}")
+    try:
+        async with open_runtime() as rt, anyio.create_task_group() as tasks:
+            if handle_signals:
+                tasks.start_soon(_watch_interrupts, switch, reporter)
+            try:
+                await _run_sl_basic(config, files, rt, state, switch, outcome)
+            finally:
+                tasks.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # task groups wrap errors: report the one that happened
+        leaves = _leaves(group)
+        error = leaves[0] if len(leaves) == 1 else group
+        if outcome.error is None and isinstance(error, Exception):
+            outcome.error = f"{type(error).__name__}: {error}"
+        if error is group:
+            raise
+        raise error from None
+    finally:
+        telemetry.close()
+        outcome.resumed_from = state.resumed_from
+        outcome.model_id = state.model_id
+        outcome.sampler_path = state.sampler_path
+        outcome.skipped_lines = state.skipped_lines
+        outcome.summary = _summary(config, outcome, state.history, time.perf_counter() - started)
+        files.write_summary(outcome.summary)
+    return outcome
+
+
+async def _run_sl_basic(
+    config: TrainConfig,
+    files: RunFiles,
+    rt: Runtime,
+    state: SLState,
+    switch: StopSwitch,
+    outcome: RunOutcome,
+) -> None:
+    if state.resume:
+        point = latest_state_checkpoint(files.run_dir)
+        state.recorded_at_resume = files.truncate_metrics(point.batch if point else -1)
+    store = JsonlMetricsStore(files.metrics)
+    try:
+        # The summary covers the whole run: what earlier runs in this directory recorded too.
+        state.history = MetricHistory.of(await store.read(state.run_id))
+        async with open_training_session(rt, config, files.run_dir, state.run_id) as handles:
+            try:
+                if config.init_from is not None:
+                    source = Path(config.init_from)
+                    state.init_from = import_initial_weights(source, files.run_dir, state.run_id)
+                    state.parent_model_id = await _parent_model(handles.model_registry, source)
+                ctx: Context[TrainConfig, SLState] = Context(
+                    config,
+                    {
+                        "training_client": handles.training_client,
+                        "dataset_store": dataset_store(config),
+                        "metrics_store": store,
+                        "checkpoint_store": handles.checkpoint_store,
+                        "model_registry": handles.model_registry,
+                    },
+                    state,
+                    stop_requested=switch.requested,
+                )
+                switch.ctx = ctx
+                await run_workflow(SL_BASIC, ctx)
+                outcome.status = "completed"
+            except StopRequested:
+                outcome.status = "stopped"
+            except StageFailed as failure:
+                outcome.error = str(failure)
+                raise
+            finally:
+                switch.ctx = None
+                outcome.restarts = handles.restarts()
+    finally:
+        await store.close()
+
+
+async def _parent_model(registry: ModelRegistryClient, source: Path) -> int | None:
+    run_id = source_run_id(source)
+    if run_id is None:
+        return None
+    found = await registry.find(tags=(f"run:{run_id}",))
+    return found[-1].id if found else None
+
+
+def _summary(
+    config: TrainConfig, outcome: RunOutcome, history: MetricHistory, wall_time_s: float
+) -> dict[str, Any]:
+    metrics = summary_metrics(history)
+    summary: dict[str, Any] = {
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "steps": metrics.pop("steps"),
+        "wall_time_s": round(wall_time_s, 2),
+        **metrics,
+        "restarts": outcome.restarts,
+        "resumed_from": outcome.resumed_from,
+        "model_id": outcome.model_id,
+        "sampler_path": outcome.sampler_path,
+        "skipped_lines": outcome.skipped_lines,
+        "error": outcome.error,
+        "backend": config.backend,
+        "inject_faults": config.inject_faults,
+    }
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in summary.items()
+    }

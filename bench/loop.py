@@ -39,7 +39,7 @@ from crucible.recipes import (
 )
 from crucible.recipes.sl_basic import SL_BASIC, SLState
 from crucible.telemetry import attach, detach
-from crucible.training.local import ByteTokenizer
+from crucible.training.backends.local import ByteTokenizer
 
 
 class _Reply:

@@ -27,13 +27,9 @@ from tinker import types
 
 import crucible
 from crucible.metrics import JsonlMetricsStore
-from crucible.training import (
-    CheckpointManager,
-    ModelRegistry,
-    Register,
-    SaveCheckpoint,
-    TrainingBackend,
-)
+from crucible.training import CheckpointManager, ModelRegistry, TrainingBackend
+from crucible.training.checkpoints import SaveCheckpoint
+from crucible.training.registry import Register
 
 
 class TorchModuleCheckpoints:

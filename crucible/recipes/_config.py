@@ -22,27 +22,13 @@ from typing import Any, Literal, get_args, get_origin
 import attrs
 import cattrs
 
-from crucible.training import FAULT_KINDS, FaultKind
+from crucible.training import FAULT_KINDS, OPERATIONS, FaultKind
 
 LrSchedule = Literal["constant", "linear", "cosine"]
 TrainOn = Literal["all_assistant", "last_assistant"]
 IfExists = Literal["ask", "delete", "resume", "raise"]
 BackendName = Literal["local", "tinker"]
 ChatTemplateName = Literal["auto", "crucible", "role_colon"]
-#: The TrainingBackend (and SamplingClient) operations FaultyBackend can fault.
-# LEAD: import OPERATIONS from crucible.training
-BACKEND_OPS = (
-    "forward_backward",
-    "forward",
-    "optim_step",
-    "save_state",
-    "load_state",
-    "save_weights_for_sampler",
-    "delete_checkpoint",
-    "sampling_client",
-    "sample",
-    "compute_logprobs",
-)
 
 
 class ConfigError(ValueError):
@@ -154,10 +140,10 @@ class TrainConfig:
             raise ConfigError(
                 f"fault_kinds has unknown kinds {unknown_kinds}; known: {', '.join(FAULT_KINDS)}"
             )
-        unknown_ops = sorted(set(self.fault_ops) - set(BACKEND_OPS))
+        unknown_ops = sorted(set(self.fault_ops) - set(OPERATIONS))
         if unknown_ops:
             raise ConfigError(
-                f"fault_ops has unknown ops {unknown_ops}; known: {', '.join(BACKEND_OPS)}"
+                f"fault_ops has unknown ops {unknown_ops}; known: {', '.join(OPERATIONS)}"
             )
 
 

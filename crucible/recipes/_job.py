@@ -30,7 +30,6 @@ from crucible.recipes._run_dir import RunFiles, run_dir_files
 from crucible.recipes._session_setup import (
     check_backend,
     import_initial_weights,
-    latest_state_checkpoint,
     open_training_session,
     source_run_id,
 )
@@ -44,7 +43,7 @@ from crucible.recipes._workflow import (
 )
 from crucible.recipes.sl_basic import SL_BASIC, MetricHistory, SLState, summary_metrics
 from crucible.telemetry import JsonlHandler
-from crucible.training import ModelRegistryClient
+from crucible.training import ModelRegistryClient, latest_state_checkpoint
 
 
 class RunDirExists(Exception):

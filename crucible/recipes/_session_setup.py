@@ -19,10 +19,11 @@ from crucible.actors import Backoff, Runtime
 from crucible.recipes._config import ConfigError, TrainConfig
 from crucible.training import (
     CheckpointManagerClient,
-    CheckpointRecord,
     FaultyBackend,
+    InvalidCheckpointPath,
     ModelRegistryClient,
     TrainingBackend,
+    latest_state_checkpoint,
     open_training,
 )
 
@@ -78,7 +79,7 @@ def build_backend(config: TrainConfig, log_dir: Path, run_id: str) -> TrainingBa
             )
         )
     try:
-        from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
+        from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
     except ImportError as error:  # torch is the `local` extra
         raise BackendUnavailable(
             f"the local backend needs the `local` extra (pip install -e '.[local]'): {error}"
@@ -147,43 +148,27 @@ async def open_training_session(
         )
 
 
-# LEAD: read training's checkpoint log (and its CHECKPOINTS_FILE) instead of parsing it here
-def latest_state_checkpoint(run_dir: Path) -> CheckpointRecord | None:
-    """The newest checkpoint with a state path in ``run_dir/checkpoints.jsonl`` (final first)."""
-    log = run_dir / "checkpoints.jsonl"
-    if not log.exists():
-        return None
-    records: list[CheckpointRecord] = []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(CheckpointRecord.from_row(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line
-    with_state = [r for r in records if r.state_path is not None]
-    if not with_state:
-        return None
-    return max(with_state, key=lambda r: (r.final, r.batch))
-
-
 def import_initial_weights(source_run: Path, log_dir: Path, run_id: str) -> str:
     """Copy the last state checkpoint of another local run into this run, for ``init_from``.
 
-    Returns the state path to load (weights only). Local paths are
-    ``local://<run>/weights/<name>`` stored at ``<root>/<run>/<name>/state.pt``.
+    Returns the state path to load (weights only).
     """
+    from crucible.training.backends.local import CheckpointPath
+
     record = latest_state_checkpoint(source_run)
     if record is None or record.state_path is None:
         raise ConfigError(f"init_from: {source_run} has no state checkpoint to start from")
-    # LEAD: parse and build these paths with the local backend's CheckpointPath
-    prefix = "local://"
-    source_run_id, _, name = record.state_path.removeprefix(prefix).partition("/weights/")
-    if not record.state_path.startswith(prefix) or not name:
+    try:
+        source = CheckpointPath.parse(record.state_path)
+    except InvalidCheckpointPath:
+        source = None
+    if source is None or source.kind != "weights":
         raise ConfigError(f"init_from: {record.state_path} is not a local state checkpoint")
-    source = source_run / "checkpoints" / source_run_id / name / "state.pt"
-    target = log_dir / "checkpoints" / run_id / "init" / "state.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return f"{prefix}{run_id}/weights/init"
+    target = CheckpointPath(run_id, "weights", "init")
+    destination = target.file(log_dir / "checkpoints")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.file(source_run / "checkpoints"), destination)
+    return str(target)
 
 
 def source_run_id(source_run: Path) -> str | None:

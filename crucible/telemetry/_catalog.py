@@ -95,7 +95,6 @@ _CATALOG: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("crucible_kitchen.stage.run.stop", "A workflow stage finished (duration)."),
             ("crucible_kitchen.stage.run.exception", "A workflow stage failed (kind, reason)."),
             ("crucible_train.evaluation.stop", "An evaluation finished (NLL, exact match)."),
-            ("crucible_train.restart", "A run restarted from its last checkpoint."),
         ),
     ),
     (

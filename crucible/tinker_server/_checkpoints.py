@@ -24,13 +24,10 @@ from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, describe
 from crucible.tinker_server._futures import Outcome, Pending, sdk_json
 from crucible.tinker_server._models import RunInfo, TrainingModel, new_backend
-from crucible.tinker_server._paths import KINDS, SCHEME, TinkerPath, run_folder_name
+from crucible.tinker_server._paths import SCHEME, TinkerPath, run_folder_name
 from crucible.tinker_server._sessions import Sessions, model_id_of
 from crucible.training import CheckpointNotFound, UnknownBaseModel
-from crucible.training.local import LocalBackend
-
-# LEAD: import from the local backend package
-from crucible.training.local._files import CheckpointPath
+from crucible.training.backends.local import PATH_KINDS, CheckpointPath, LocalBackend
 
 _CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
 _Saved = types.SaveWeightsResponse | types.SaveWeightsForSamplerResponse
@@ -165,7 +162,7 @@ class Checkpoints:
             raise ServiceError(404, f"no training run {run_id!r} on this server")
         found: list[tuple[float, dict[str, Any]]] = []
         for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for kind in KINDS:
+            for kind in PATH_KINDS:
                 path = TinkerPath(run_id, CheckpointPath(folder_name, kind, checkpoint.name))
                 file = path.local.file(self.root)
                 if not file.is_file():

@@ -21,7 +21,7 @@ from crucible.tinker_server._errors import ServiceError, category, describe
 from crucible.tinker_server._futures import FutureTable, Outcome, Pending
 from crucible.tinker_server._paths import run_folder_name
 from crucible.training import UnknownBaseModel
-from crucible.training.local import (
+from crucible.training.backends.local import (
     BASE_MODELS,
     LORA_TARGETS,
     LocalBackend,

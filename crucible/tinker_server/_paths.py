@@ -14,12 +14,9 @@ from typing import Final
 import attrs
 
 from crucible.training import InvalidCheckpointPath
-
-# LEAD: import from the local backend package
-from crucible.training.local._files import CheckpointKind, CheckpointPath
+from crucible.training.backends.local import PATH_KINDS, CheckpointPath, PathKind
 
 SCHEME: Final = "tinker://"
-KINDS: Final[tuple[CheckpointKind, ...]] = ("weights", "sampler_weights")
 
 
 def run_folder_name(run_id: str) -> str:
@@ -35,7 +32,7 @@ class TinkerPath:
     @classmethod
     def parse(cls, path: str) -> TinkerPath:
         parts = path.removeprefix(SCHEME).split("/") if path.startswith(SCHEME) else []
-        if len(parts) != 3 or parts[1] not in KINDS:
+        if len(parts) != 3 or parts[1] not in PATH_KINDS:
             raise InvalidCheckpointPath(
                 f"{path!r} is not a checkpoint path of this server; expected "
                 f"'{SCHEME}<run>/weights/<name>' or '{SCHEME}<run>/sampler_weights/<name>'"
@@ -58,7 +55,7 @@ class TinkerPath:
         return cls(run_id, CheckpointPath.parse(local_path))
 
     @property
-    def kind(self) -> CheckpointKind:
+    def kind(self) -> PathKind:
         return self.local.kind
 
     @property

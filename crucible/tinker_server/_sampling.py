@@ -20,7 +20,7 @@ from crucible.tinker_server._paths import TinkerPath
 from crucible.tinker_server._sessions import Sessions, sampler_id_of
 from crucible.tinker_server._wire import PROTOBUF, encode_sample_response
 from crucible.training import CheckpointNotFound
-from crucible.training.local import LocalBackend, LocalSamplingClient
+from crucible.training.backends.local import LocalBackend, LocalSamplingClient
 
 
 @attrs.define

@@ -12,7 +12,7 @@ from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._sampling import Sampling
 from crucible.tinker_server._sessions import Sessions
 from crucible.tinker_server._training import Training
-from crucible.training.local import BASE_MODELS
+from crucible.training.backends.local import BASE_MODELS
 
 
 class TinkerService:

@@ -6,7 +6,7 @@ import torch
 
 import crucible.plot
 import crucible.run
-import crucible.training.local
+import crucible.training.backends.local
 
 torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=0.0, foreach=False)
 crucible.plot._pyplot()

@@ -13,7 +13,7 @@ from tinker import types
 from crucible.metrics import MemoryMetricsStore
 from crucible.recipes import Context, EvalResult, TaskDatasetStore, TrainConfig, run_workflow
 from crucible.recipes.sl_basic import SL_BASIC, SLState
-from crucible.training.local import ByteTokenizer
+from crucible.training.backends.local import ByteTokenizer
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from crucible.recipes import ChatRenderer, Conversation, Message, datum_weight
 from crucible.recipes._render import ROLE_COLON, template_for
-from crucible.training.local import ByteTokenizer
+from crucible.training.backends.local import ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
 RENDERER = ChatRenderer(TOKENIZER)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from crucible.tinker_server import RunningServer
 from crucible.tinker_server._futures import FutureTable, Pending
 from crucible.tinker_server._models import RunInfo, TrainingModel
-from crucible.training.local import LocalBackend, LocalBackendConfig, LoraConfig
+from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
 
 from .tinker_kit import ADAM, BASE_MODEL, TASK, service_client
 

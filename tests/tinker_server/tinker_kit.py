@@ -8,7 +8,7 @@ import os
 import tinker
 from tinker import types
 
-from crucible.training.local import ByteTokenizer
+from crucible.training.backends.local import ByteTokenizer
 
 # The SDK's telemetry posts in the background every 10 s; the tests do not need it.
 os.environ.setdefault("TINKER_TELEMETRY", "0")

@@ -12,13 +12,14 @@ from crucible.training.backends.local._base_models import (
 )
 from crucible.training.backends.local._engine import LocalBackendConfig
 from crucible.training.backends.local._model import LORA_TARGETS, LoraConfig, ModelConfig
-from crucible.training.backends.local._paths import CheckpointPath
+from crucible.training.backends.local._paths import PATH_KINDS, CheckpointPath, PathKind
 from crucible.training.backends.local._tokenizer import SPECIAL_TOKENS, ByteTokenizer
 
 __all__ = [
     "BASE_MODELS",
     "DEFAULT_BASE_MODEL",
     "LORA_TARGETS",
+    "PATH_KINDS",
     "SPECIAL_TOKENS",
     "BaseModelSpec",
     "ByteTokenizer",
@@ -28,4 +29,5 @@ __all__ = [
     "LocalSamplingClient",
     "LoraConfig",
     "ModelConfig",
+    "PathKind",
 ]

@@ -18,6 +18,7 @@ from crucible.training.port import InvalidCheckpointPath
 
 SCHEME: Final = "local://"
 PathKind = Literal["weights", "sampler_weights"]
+PATH_KINDS: Final[tuple[PathKind, ...]] = ("weights", "sampler_weights")
 _FILE_NAMES: Final[dict[str, str]] = {"weights": "state.pt", "sampler_weights": "sampler.pt"}
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 

@@ -17,7 +17,8 @@ from ._errors import (
     StoreWriteError,
 )
 from ._jsonl import JsonlMetricsStore
-from ._jsonl_file import BadLine, ScanReport
+from ._jsonl_file import Truncation
+from ._jsonl_lines import BadLine, ScanReport, read_metrics_file
 from ._memory import MemoryMetricsStore
 from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
@@ -75,7 +76,9 @@ __all__ = [
     "StreamingMetrics",
     "StreamingSnapshot",
     "SyncMetrics",
+    "Truncation",
     "open_store",
+    "read_metrics_file",
 ]
 
 

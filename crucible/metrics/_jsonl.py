@@ -10,7 +10,8 @@ import msgspec
 
 from ._buffered import BufferedStore
 from ._errors import CorruptLinesWarning
-from ._jsonl_file import JsonlFile, ScanReport
+from ._jsonl_file import JsonlFile, Truncation
+from ._jsonl_lines import ScanReport
 from ._query import (
     Query,
     StepBounds,
@@ -120,6 +121,20 @@ class JsonlMetricsStore(BufferedStore):
     async def delete_run(self, run_id: str) -> int:
         """Remove a run's records by atomically replacing the file (the only rewrite)."""
         return await self._query(self._file.rewrite_without, run_id)
+
+    async def truncate_after(self, step: int) -> Truncation:
+        """Drop every record whose step is after `step`, and a torn last line (on resume
+        from the checkpoint at `step`, so each (metric, step) ends up recorded once).
+
+        Records recorded before the call are written first, then the file is replaced
+        atomically; lines that are not records are kept verbatim, records without a step are
+        kept. Idempotency keys follow their batches: a key stays stored while its batch keeps
+        a record, and a batch with no record left is forgotten, so re-sending it with the
+        same key stores it again, exactly once.
+        """
+        if type(step) is not int:
+            raise TypeError(f"step must be an int, got {step!r}")
+        return await self._query(self._file.truncate_after, step)
 
     def _release(self) -> None:
         self._file.close()

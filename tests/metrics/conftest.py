@@ -22,8 +22,7 @@ from crucible.metrics import (
     MetricsStore,
     SqliteMetricsStore,
 )
-
-from .pgcluster import PostgresUnavailable, throwaway_cluster
+from crucible.testing import PostgresUnavailable, throwaway_cluster
 
 ADAPTERS = ["memory", "jsonl", "sqlite", "postgres"]
 

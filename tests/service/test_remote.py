@@ -21,8 +21,7 @@ from crucible.metrics import (
     open_store,
 )
 from crucible.metrics._remote import _Spool
-
-from .server_kit import ServerProcess, free_port
+from crucible.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.anyio
 

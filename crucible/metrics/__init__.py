@@ -13,6 +13,7 @@ from ._errors import (
     InvalidRecord,
     MetricNotFound,
     MetricsError,
+    ServiceUnavailable,
     StoreClosed,
     StoreWriteError,
 )
@@ -20,11 +21,12 @@ from ._jsonl import JsonlMetricsStore
 from ._jsonl_file import Truncation
 from ._jsonl_lines import BadLine, ScanReport, read_metrics_file
 from ._memory import MemoryMetricsStore
+from ._names import check_metric_name, check_run_id
 from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
 from ._query import StepBounds
 from ._record import MetricRecord, MetricSummary
-from ._remote import RemoteMetricsStore, ServiceUnavailable
+from ._remote import RemoteMetricsStore
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
     CostSummary,
@@ -77,6 +79,8 @@ __all__ = [
     "StreamingSnapshot",
     "SyncMetrics",
     "Truncation",
+    "check_metric_name",
+    "check_run_id",
     "open_store",
     "read_metrics_file",
 ]

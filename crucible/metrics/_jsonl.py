@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from datetime import datetime
 
 import msgspec
 
@@ -12,15 +11,8 @@ from ._buffered import BufferedStore
 from ._errors import CorruptLinesWarning
 from ._jsonl_file import JsonlFile, Truncation
 from ._jsonl_lines import ScanReport
-from ._query import (
-    Query,
-    StepBounds,
-    downsample,
-    latest_by_metric,
-    sort_records,
-    summarize,
-)
-from ._record import MetricRecord, MetricSummary
+from ._query import Query
+from ._record import MetricRecord
 
 __all__ = ["JsonlMetricsStore"]
 
@@ -88,29 +80,8 @@ class JsonlMetricsStore(BufferedStore):
 
         return await self._query(scan)
 
-    async def read(
-        self,
-        run_id: str,
-        *,
-        metric: str | None = None,
-        steps: StepBounds | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[MetricRecord]:
-        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
+    async def _select(self, query: Query) -> list[MetricRecord]:
         return await self._query(self._read, query)
-
-    async def latest(self, run_id: str) -> dict[str, MetricRecord]:
-        def latest() -> dict[str, MetricRecord]:
-            return latest_by_metric(sort_records(r for r in self._load() if r.run_id == run_id))
-
-        return await self._query(latest)
-
-    async def summary(self, run_id: str, metric: str) -> MetricSummary:
-        return summarize(run_id, metric, await self.read(run_id, metric=metric))
-
-    async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
-        return downsample(await self.read(run_id, metric=metric), max_points)
 
     async def runs(self) -> list[str]:
         def runs() -> list[str]:

@@ -24,18 +24,14 @@ from ._memory import MemoryMetricsStore
 from ._names import check_metric_name, check_run_id
 from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
-from ._query import StepBounds
 from ._record import MetricRecord, MetricSummary
 from ._remote import RemoteMetricsStore
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
-    CostSummary,
     GetMetrics,
-    LatencySummary,
     Observe,
     ObserveMany,
     ObserveRequest,
-    ReliabilitySummary,
     Reset,
     SeriesSummary,
     StreamingAggregator,
@@ -49,11 +45,9 @@ if TYPE_CHECKING:  # imported lazily below: it needs asyncpg, the `postgres` ext
 __all__ = [
     "BadLine",
     "CorruptLinesWarning",
-    "CostSummary",
     "GetMetrics",
     "InvalidRecord",
     "JsonlMetricsStore",
-    "LatencySummary",
     "MemoryMetricsStore",
     "MetricNotFound",
     "MetricRecord",
@@ -64,14 +58,12 @@ __all__ = [
     "ObserveMany",
     "ObserveRequest",
     "PostgresMetricsStore",
-    "ReliabilitySummary",
     "RemoteMetricsStore",
     "Reset",
     "ScanReport",
     "SeriesSummary",
     "ServiceUnavailable",
     "SqliteMetricsStore",
-    "StepBounds",
     "StoreClosed",
     "StoreWriteError",
     "StreamingAggregator",

@@ -15,6 +15,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import anyio.to_thread
+
 from ._query import Query, StepBounds, downsample, latest_by_metric, summarize
 from ._record import MetricRecord, MetricSummary, coerce_batch, utc_now
 
@@ -158,6 +160,10 @@ class StoreAdapter:
         raise NotImplementedError
 
     async def close(self) -> None:
+        """Deliver or write what is buffered, then release files and connections."""
+        await anyio.to_thread.run_sync(self._close_blocking)
+
+    def _close_blocking(self) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:

@@ -103,10 +103,6 @@ class BufferedStore(StoreAdapter):
         if self._closed:
             raise StoreClosed("the metrics store is closed; open a new one to read or record")
 
-    async def close(self) -> None:
-        """Write and sync everything buffered, then release files and connections."""
-        await anyio.to_thread.run_sync(self._close_blocking)
-
     def _close_blocking(self) -> None:
         if self._closed:
             return

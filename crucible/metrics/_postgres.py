@@ -22,7 +22,7 @@ from ._buffered import BufferedStore
 from ._errors import MetricNotFound
 from ._query import Query, check_max_points
 from ._record import MetricRecord, MetricSummary
-from ._sql import COLUMNS, ORDER_DESC, history_sql, latest_sql, read_sql
+from ._sql import COLUMNS, ORDER_DESC, history_sql, latest_sql, read_sql, record_row
 from ._writer import Chunk
 
 try:
@@ -126,14 +126,7 @@ _MIGRATIONS: list[Callable[[str, str], list[str]]] = [_initial_schema]
 
 
 def _row(record: MetricRecord) -> tuple[Any, ...]:
-    return (
-        record.run_id,
-        record.metric,
-        record.value,
-        record.step,
-        record.timestamp,
-        _encode(record.metadata).decode() if record.metadata else None,
-    )
+    return record_row(record, _identity)
 
 
 def _record(row: Sequence[Any]) -> MetricRecord:

@@ -252,11 +252,8 @@ class RemoteMetricsStore(StoreAdapter):
 
         return await self._blocking(delete)
 
-    async def close(self) -> None:
-        """Send what the server takes within `close_timeout`; the rest stays buffered."""
-        await anyio.to_thread.run_sync(self._close_blocking)
-
     def _close_blocking(self) -> None:
+        """Send what the server takes within `close_timeout`; the rest stays buffered."""
         if self._closed:
             return
         self._closed = True

@@ -15,7 +15,7 @@ import msgspec
 from ._buffered import BufferedStore
 from ._query import Query, check_max_points
 from ._record import MetricRecord
-from ._sql import COLUMNS, history_sql, latest_sql, read_sql
+from ._sql import COLUMNS, history_sql, latest_sql, read_sql, record_row
 from ._writer import Chunk
 
 __all__ = ["SqliteMetricsStore"]
@@ -49,14 +49,7 @@ def _to_micros(moment: datetime) -> int:
 
 
 def _row(record: MetricRecord) -> tuple[Any, ...]:
-    return (
-        record.run_id,
-        record.metric,
-        record.value,
-        record.step,
-        (record.timestamp - _EPOCH) // _MICROSECOND,
-        _encode(record.metadata).decode() if record.metadata else None,
-    )
+    return record_row(record, _to_micros)
 
 
 def _record(row: tuple[Any, ...]) -> MetricRecord:

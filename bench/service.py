@@ -30,7 +30,7 @@ import httpx
 import msgspec
 
 from crucible.metrics import MetricRecord, RemoteMetricsStore, SqliteMetricsStore
-from tests.service.server_kit import ServerProcess
+from crucible.testing import ServerProcess
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 METRICS = ["loss", "accuracy", "learning_rate", "grad_norm"]

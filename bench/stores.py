@@ -195,7 +195,7 @@ def postgres(dsn: str | None) -> Iterator[str | None]:
         yield dsn
         return
     try:
-        from tests.metrics.pgcluster import PostgresUnavailable, throwaway_cluster
+        from crucible.testing import PostgresUnavailable, throwaway_cluster
     except ImportError:
         yield None
         return

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from crucible.metrics import MetricRecord
+from crucible.metrics import read_metrics_file
 
 TRAIN_LOSS, EVAL_LOSS, LEARNING_RATE = "train/loss", "eval/nll", "train/lr"
 
@@ -24,13 +22,8 @@ TRAIN_LOSS, EVAL_LOSS, LEARNING_RATE = "train/loss", "eval/nll", "train/lr"
 def read_series(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(step, value), ...]} sorted by step; records without a step and lines that
     are not records (a torn tail) are skipped."""
-    decoder = msgspec.json.Decoder(MetricRecord)
     series: dict[str, list[tuple[int, float]]] = {}
-    for line in metrics_path.read_bytes().splitlines():
-        try:
-            record = decoder.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
-            continue
+    for record in read_metrics_file(metrics_path):
         if record.step is not None:
             series.setdefault(record.metric, []).append((record.step, record.value))
     for points in series.values():

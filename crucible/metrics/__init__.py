@@ -13,26 +13,25 @@ from ._errors import (
     InvalidRecord,
     MetricNotFound,
     MetricsError,
+    ServiceUnavailable,
     StoreClosed,
     StoreWriteError,
 )
 from ._jsonl import JsonlMetricsStore
-from ._jsonl_file import BadLine, ScanReport
+from ._jsonl_file import Truncation
+from ._jsonl_lines import BadLine, ScanReport, read_metrics_file
 from ._memory import MemoryMetricsStore
+from ._names import check_metric_name, check_run_id
 from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
-from ._query import StepBounds
 from ._record import MetricRecord, MetricSummary
-from ._remote import RemoteMetricsStore, ServiceUnavailable
+from ._remote import RemoteMetricsStore
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
-    CostSummary,
     GetMetrics,
-    LatencySummary,
     Observe,
     ObserveMany,
     ObserveRequest,
-    ReliabilitySummary,
     Reset,
     SeriesSummary,
     StreamingAggregator,
@@ -46,11 +45,9 @@ if TYPE_CHECKING:  # imported lazily below: it needs asyncpg, the `postgres` ext
 __all__ = [
     "BadLine",
     "CorruptLinesWarning",
-    "CostSummary",
     "GetMetrics",
     "InvalidRecord",
     "JsonlMetricsStore",
-    "LatencySummary",
     "MemoryMetricsStore",
     "MetricNotFound",
     "MetricRecord",
@@ -61,21 +58,23 @@ __all__ = [
     "ObserveMany",
     "ObserveRequest",
     "PostgresMetricsStore",
-    "ReliabilitySummary",
     "RemoteMetricsStore",
     "Reset",
     "ScanReport",
     "SeriesSummary",
     "ServiceUnavailable",
     "SqliteMetricsStore",
-    "StepBounds",
     "StoreClosed",
     "StoreWriteError",
     "StreamingAggregator",
     "StreamingMetrics",
     "StreamingSnapshot",
     "SyncMetrics",
+    "Truncation",
+    "check_metric_name",
+    "check_run_id",
     "open_store",
+    "read_metrics_file",
 ]
 
 

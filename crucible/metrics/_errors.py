@@ -46,6 +46,13 @@ class MetricNotFound(MetricsError, LookupError):
         super().__init__(f"no records for metric {metric!r} in run {run_id!r}")
 
 
+class ServiceUnavailable(MetricsError, ConnectionError):
+    """The metric service could not be reached or failed; the cause is chained.
+
+    Only reads raise it: records are kept in the offline buffer until the service is back.
+    """
+
+
 class CorruptLinesWarning(UserWarning):
     """A JSONL metrics file holds lines that are not valid records; they were skipped.
 

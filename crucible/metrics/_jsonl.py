@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from datetime import datetime
 
 import msgspec
 
 from ._buffered import BufferedStore
 from ._errors import CorruptLinesWarning
-from ._jsonl_file import JsonlFile, ScanReport
-from ._query import (
-    Query,
-    StepBounds,
-    downsample,
-    latest_by_metric,
-    sort_records,
-    summarize,
-)
-from ._record import MetricRecord, MetricSummary
+from ._jsonl_file import JsonlFile, Truncation
+from ._jsonl_lines import ScanReport
+from ._query import Query
+from ._record import MetricRecord
 
 __all__ = ["JsonlMetricsStore"]
 
@@ -87,29 +80,8 @@ class JsonlMetricsStore(BufferedStore):
 
         return await self._query(scan)
 
-    async def read(
-        self,
-        run_id: str,
-        *,
-        metric: str | None = None,
-        steps: StepBounds | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[MetricRecord]:
-        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
+    async def _select(self, query: Query) -> list[MetricRecord]:
         return await self._query(self._read, query)
-
-    async def latest(self, run_id: str) -> dict[str, MetricRecord]:
-        def latest() -> dict[str, MetricRecord]:
-            return latest_by_metric(sort_records(r for r in self._load() if r.run_id == run_id))
-
-        return await self._query(latest)
-
-    async def summary(self, run_id: str, metric: str) -> MetricSummary:
-        return summarize(run_id, metric, await self.read(run_id, metric=metric))
-
-    async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
-        return downsample(await self.read(run_id, metric=metric), max_points)
 
     async def runs(self) -> list[str]:
         def runs() -> list[str]:
@@ -120,6 +92,20 @@ class JsonlMetricsStore(BufferedStore):
     async def delete_run(self, run_id: str) -> int:
         """Remove a run's records by atomically replacing the file (the only rewrite)."""
         return await self._query(self._file.rewrite_without, run_id)
+
+    async def truncate_after(self, step: int) -> Truncation:
+        """Drop every record whose step is after `step`, and a torn last line (on resume
+        from the checkpoint at `step`, so each (metric, step) ends up recorded once).
+
+        Records recorded before the call are written first, then the file is replaced
+        atomically; lines that are not records are kept verbatim, records without a step are
+        kept. Idempotency keys follow their batches: a key stays stored while its batch keeps
+        a record, and a batch with no record left is forgotten, so re-sending it with the
+        same key stores it again, exactly once.
+        """
+        if type(step) is not int:
+            raise TypeError(f"step must be an int, got {step!r}")
+        return await self._query(self._file.truncate_after, step)
 
     def _release(self) -> None:
         self._file.close()

@@ -1,4 +1,4 @@
-"""The JSONL file underneath JsonlMetricsStore: appending, repairing, scanning.
+"""The JSONL file underneath JsonlMetricsStore: appending, repairing, rewriting.
 
 Concurrency and crash rules (see docs/metrics.md):
 
@@ -7,12 +7,10 @@ Concurrency and crash rules (see docs/metrics.md):
 - A crash can only tear the end of the file. Before each batch, and on open, the writer holding
   the lock repairs the tail: an incomplete last line is cut off (or given its newline when it
   is a complete record), so a torn line never ends up in the middle of the file.
-- Idempotency keys live in `<path>.keys`: before a keyed batch is written, a mark with the
-  byte range it will occupy is appended. A mark whose range lies past the end of the data
-  file belongs to a batch that died while being written: its partial records are cut off and
-  the mark is voided, so retrying the batch stores it exactly once.
-- Lines in the middle that are not valid records are never rewritten: reads skip them and
-  `scan()` reports them with their line numbers.
+- Idempotency keys live in `<path>.keys` (see `_jsonl_marks`).
+- Lines in the middle that are not valid records are never rewritten: reads skip them,
+  `scan()` reports them with their line numbers, and the two rewrites (`delete_run`,
+  `truncate_after`) keep them verbatim.
 """
 
 from __future__ import annotations
@@ -20,105 +18,32 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import msgspec
 
+from crucible._fs import repair_torn_tail, write_bytes_atomically
+
+from ._jsonl_lines import BadLine, is_record_line, parse_lines, record_decoder
+from ._jsonl_marks import BatchMark, encode_marks, fold_marks, remap_marks
 from ._record import MetricRecord
 from ._writer import Chunk
 
-__all__ = ["BadLine", "JsonlFile", "ScanReport", "parse_lines"]
+__all__ = ["JsonlFile", "Truncation"]
 
-_record_decoder = msgspec.json.Decoder(MetricRecord)
 _encoder = msgspec.json.Encoder()
 
 
-class BadLine(msgspec.Struct, frozen=True):
-    """A line of a metrics file that is not a valid record (1-based line number)."""
+@attrs.frozen
+class Truncation:
+    """What `JsonlMetricsStore.truncate_after(step)` did to the file."""
 
-    line: int
-    reason: str
-    text: str
-
-
-class ScanReport(msgspec.Struct, frozen=True):
-    """What a full read of a metrics file found."""
-
-    records: int
-    bad_lines: list[BadLine]
-    torn_tail: bool  # the file ends in an incomplete line (a writer is mid-batch, or crashed)
-
-
-class _BatchMark(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One line of `<path>.keys`: a keyed batch occupies bytes [start, end) of the data file."""
-
-    key: str
-    start: int
-    end: int
-    void: bool = False
-
-
-_mark_decoder = msgspec.json.Decoder(_BatchMark)
-
-
-def parse_lines(
-    data: bytes, needles: tuple[bytes, ...] = ()
-) -> tuple[list[MetricRecord], list[BadLine], bool]:
-    """Decode the complete lines of `data`; return records, bad lines and whether it is torn.
-
-    With `needles`, only lines containing the first needle are decoded (see `_select_lines`); a
-    record that could match the caller's filter is never left out.
-    """
-    cut = data.rfind(b"\n") + 1
-    body, torn = data[:cut], bool(data[cut:])
-    selected = _select_lines(body, needles)
-    if selected is not None:
-        chosen, starts = selected
-    else:
-        chosen, starts = body, None
-    try:
-        return _record_decoder.decode_lines(chosen), [], torn  # the fast path: one call
-    except msgspec.DecodeError:
-        pass
-    records: list[MetricRecord] = []
-    bad: list[BadLine] = []
-    for index, line in enumerate(chosen.split(b"\n")[:-1]):
-        if not line.strip():
-            continue
-        try:
-            records.append(_record_decoder.decode(line))
-        except msgspec.DecodeError as error:
-            number = index + 1 if starts is None else body.count(b"\n", 0, starts[index]) + 1
-            text = line[:200].decode("utf-8", errors="replace")
-            bad.append(BadLine(number, str(error), text))
-    return records, bad, torn
-
-
-def _select_lines(body: bytes, needles: tuple[bytes, ...]) -> tuple[bytes, list[int]] | None:
-    """The lines holding the first needle (a JSON-encoded string), and where each starts.
-
-    The caller filters the decoded records exactly; this only spares decoding lines that
-    cannot match.
-    Sound because, in a line without a backslash, a JSON string can only be spelled one way:
-    a record whose metric is "loss" must contain the bytes `"loss"`. A body with any backslash
-    (an escaped string somewhere) is not filtered: None means "decode everything".
-    """
-    if not needles or b"\\" in body:
-        return None
-    needle = needles[0]
-    find, rfind = body.find, body.rfind
-    pieces: list[bytes] = []
-    starts: list[int] = []
-    position = 0
-    while (hit := find(needle, position)) >= 0:
-        start = rfind(b"\n", 0, hit) + 1
-        position = find(b"\n", hit) + 1  # the body ends with a newline
-        pieces.append(body[start:position])
-        starts.append(start)
-    return b"".join(pieces), starts
+    kept: int  # lines kept (records, and lines that are not records, kept verbatim)
+    dropped: int  # records after the step, plus a torn last line
+    at_step: frozenset[tuple[str, int]]  # (metric, step) pairs kept at the step itself
 
 
 class JsonlFile:
@@ -127,11 +52,12 @@ class JsonlFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keys_path = Path(f"{self.path}.keys")
         self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._fd = -1
         self._keys_fd = -1
         self._keys_offset = 0  # bytes of <path>.keys already folded into _keys
-        self._keys: dict[str, _BatchMark] = {}
+        self._keys: dict[str, BatchMark] = {}
         self._keys_dirty = False
         with self.locked():
             self._repair()
@@ -148,8 +74,8 @@ class JsonlFile:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _reopen_if_replaced(self) -> None:
-        """Follow the path when another store replaced the file (delete_run renames)."""
-        for attr, path in (("_fd", self.path), ("_keys_fd", Path(f"{self.path}.keys"))):
+        """Follow the path when another store replaced the file (a rewrite renames)."""
+        for attr, path in (("_fd", self.path), ("_keys_fd", self._keys_path)):
             fd = getattr(self, attr)
             try:
                 same = fd >= 0 and os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -167,32 +93,7 @@ class JsonlFile:
 
     def _repair(self) -> int:
         """Cut a torn tail and any batch that died mid-write; return the data file's size."""
-        size = self._repair_torn_line()
-        return self._refresh_keys(size)
-
-    def _repair_torn_line(self) -> int:
-        size = os.fstat(self._fd).st_size
-        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
-            return size
-        # Find the start of the last line, reading backwards in blocks.
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            newline = os.pread(self._fd, end - start, start).rfind(b"\n")
-            if newline >= 0:
-                line_start = start + newline + 1
-                break
-            end = start
-        else:
-            line_start = 0
-        tail = os.pread(self._fd, size - line_start, line_start)
-        try:
-            _record_decoder.decode(tail)
-        except msgspec.DecodeError:
-            os.ftruncate(self._fd, line_start)  # a torn write: the record was never complete
-            return line_start
-        os.write(self._fd, b"\n")  # a complete record that only lacks its newline
-        return size + 1
+        return self._refresh_keys(repair_torn_tail(self._fd, is_record_line))
 
     def _refresh_keys(self, size: int) -> int:
         keys_size = os.fstat(self._keys_fd).st_size
@@ -204,42 +105,14 @@ class JsonlFile:
             os.ftruncate(self._keys_fd, self._keys_offset + cut)
             data = data[:cut]
         self._keys_offset += cut
-        marks: list[_BatchMark] = []
-        for line in data.split(b"\n")[:-1]:
-            try:
-                marks.append(_mark_decoder.decode(line))
-            except msgspec.DecodeError:
-                continue  # not ours to judge; marks only serve retries
-        # A void line cancels the last mark before it with the same key and range (a retry
-        # of that batch may later write an identical mark, which stays valid).
-        later_voids: Counter[tuple[str, int, int]] = Counter()
-        cancelled: set[int] = set()
-        for index in range(len(marks) - 1, -1, -1):
-            ident = (marks[index].key, marks[index].start, marks[index].end)
-            if marks[index].void:
-                later_voids[ident] += 1
-            elif later_voids[ident]:
-                later_voids[ident] -= 1
-                cancelled.add(index)
-        voids: list[bytes] = []
-        for index, mark in enumerate(marks):
-            if mark.void:
-                if self._keys.get(mark.key) == msgspec.structs.replace(mark, void=False):
-                    del self._keys[mark.key]  # cancels a mark folded in by an earlier refresh
-            elif index in cancelled:
-                continue
-            elif mark.end <= size:
-                self._keys[mark.key] = mark
-            else:  # the batch died mid-write: drop what reached the file, void the mark
-                if size > mark.start:
-                    os.ftruncate(self._fd, mark.start)
-                    size = mark.start
-                voids.append(_encoder.encode(msgspec.structs.replace(mark, void=True)) + b"\n")
+        valid, voids = fold_marks(data, self._keys, size)
+        if valid < size:
+            os.ftruncate(self._fd, valid)
         if voids:
-            written = os.write(self._keys_fd, b"".join(voids))
+            written = os.write(self._keys_fd, encode_marks(voids))
             self._keys_offset += written
             self._keys_dirty = True
-        return size
+        return valid
 
     # -- the sink ----------------------------------------------------------------------------
 
@@ -247,7 +120,7 @@ class JsonlFile:
         with self.locked():
             start = self._repair()
             pieces: list[bytes] = []
-            marks: list[_BatchMark] = []
+            marks: list[BatchMark] = []
             position = start
             for chunk in chunks:
                 key = chunk.idempotency_key
@@ -255,13 +128,13 @@ class JsonlFile:
                     continue
                 data = _encoder.encode_lines(chunk.records)
                 if key is not None:
-                    marks.append(_BatchMark(key, position, position + len(data)))
+                    marks.append(BatchMark(key, position, position + len(data)))
                 pieces.append(data)
                 position += len(data)
             keys_offset = self._keys_offset
             try:
                 if marks:
-                    encoded = b"".join(_encoder.encode(m) + b"\n" for m in marks)
+                    encoded = encode_marks(marks)
                     _write_all(self._keys_fd, encoded)
                     self._keys_offset += len(encoded)
                     self._keys_dirty = True
@@ -298,43 +171,80 @@ class JsonlFile:
             return [], [], False
         return parse_lines(data, needles)
 
+    # -- rewrites ----------------------------------------------------------------------------
+
     def rewrite_without(self, run_id: str) -> int:
-        """Atomically replace the file by a copy without `run_id`'s records; keep bad lines."""
+        """Atomically replace the file by a copy without `run_id`'s records; keep bad lines.
+
+        Every key stays stored: a re-sent batch of the deleted run is not stored again.
+        """
         with self.locked():
-            self._repair()
-            data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-            kept: list[bytes] = []
-            deleted = 0
-            for line in data.split(b"\n")[:-1]:
-                try:
-                    record = _record_decoder.decode(line)
-                except msgspec.DecodeError:
-                    kept.append(line)  # never drop or alter what we cannot read
-                    continue
-                if record.run_id == run_id:
-                    deleted += 1
-                else:
-                    kept.append(line)
-            if deleted == 0:
-                return 0
-            body = b"".join(line + b"\n" for line in kept)
-            # Byte offsets change: every recorded key now simply counts as stored.
-            marks = b"".join(_encoder.encode(_BatchMark(key, 0, 0)) + b"\n" for key in self._keys)
-            for suffix, content in (("", body), (".keys", marks)):
-                target = Path(f"{self.path}{suffix}")
-                temporary = target.with_name(target.name + ".rewrite")
-                temporary.write_bytes(content)
-                fd = os.open(temporary, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(temporary, target)
-            _fsync_directory(self.path.parent)
-            self._reopen_if_replaced()
-            self._keys_offset = 0
-            self._refresh_keys(os.fstat(self._fd).st_size)
-            return deleted
+            _kept, dropped = self._rewrite(lambda r: r.run_id != run_id, forget_dropped=False)
+        return dropped
+
+    def truncate_after(self, step: int) -> Truncation:
+        """Atomically drop the records whose step is after `step`, and a torn last line.
+
+        A key stays stored while its batch keeps a record in the file; a batch with no
+        record left is forgotten, so re-sending it stores it again, once.
+        """
+        at_step: set[tuple[str, int]] = set()
+
+        def keep(record: MetricRecord) -> bool:
+            if record.step is not None and record.step > step:
+                return False
+            if record.step == step:
+                at_step.add((record.metric, step))
+            return True
+
+        with self.locked():
+            before = os.fstat(self._fd).st_size
+            torn = int(repair_torn_tail(self._fd, is_record_line) < before)
+            kept, dropped = self._rewrite(keep, forget_dropped=True)
+        return Truncation(kept, dropped + torn, frozenset(at_step))
+
+    def _rewrite(
+        self, keep: Callable[[MetricRecord], bool], *, forget_dropped: bool
+    ) -> tuple[int, int]:
+        """Replace the file by its lines that are not records or that `keep` accepts, and
+        the keys file by the marks moved along; return (lines kept, records dropped).
+
+        Holds the lock (the caller takes it). A crash between the renames leaves every key
+        stored (with an empty range, valid against any data file): it may forget that a
+        dropped batch could be re-sent, never store a batch twice or cut the data file.
+        """
+        size = self._repair()
+        data = os.pread(self._fd, size, 0)
+        kept: list[bytes] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        new_starts: list[int | None] = []
+        position = written = 0
+        for line in data.split(b"\n")[:-1]:
+            starts.append(position)
+            position += len(line) + 1
+            ends.append(position)
+            try:
+                record = record_decoder.decode(line)
+            except msgspec.DecodeError:
+                record = None  # never drop or alter what we cannot read
+            if record is None or keep(record):
+                kept.append(line)
+                new_starts.append(written)
+                written += len(line) + 1
+            else:
+                new_starts.append(None)
+        dropped = len(starts) - len(kept)
+        if dropped == 0:
+            return len(kept), 0
+        marks = remap_marks(self._keys, starts, new_starts, ends, forget_dropped=forget_dropped)
+        stored = [BatchMark(key, 0, 0) for key in self._keys]
+        write_bytes_atomically(self._keys_path, encode_marks(stored))
+        write_bytes_atomically(self.path, b"".join(line + b"\n" for line in kept))
+        write_bytes_atomically(self._keys_path, encode_marks(marks))
+        self._reopen_if_replaced()
+        self._refresh_keys(os.fstat(self._fd).st_size)
+        return len(kept), dropped
 
     def close(self) -> None:
         for fd in (self._fd, self._keys_fd, self._lock_fd):
@@ -348,11 +258,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
-from types import TracebackType
-from typing import Self
 
-from ._buffered import RecordsThroughSync, SyncRecorder
+from ._adapter import StoreAdapter, SyncRecorder
 from ._errors import StoreClosed
-from ._query import (
-    Query,
-    StepBounds,
-    downsample,
-    latest_by_metric,
-    sort_records,
-    summarize,
-)
-from ._record import MetricRecord, MetricSummary
+from ._query import Query
+from ._record import MetricRecord
 
 __all__ = ["MemoryMetricsStore"]
 
@@ -26,8 +16,9 @@ class _MemorySync(SyncRecorder):
     def __init__(self, store: MemoryMetricsStore) -> None:
         self._store = store
 
-    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> None:
+    def _submit(self, batch: list[MetricRecord], idempotency_key: str | None) -> int:
         self._store._append(batch, idempotency_key)
+        return 0
 
     def flush(self) -> None:
         self._store._check_open()
@@ -36,7 +27,7 @@ class _MemorySync(SyncRecorder):
         self._store._closed = True
 
 
-class MemoryMetricsStore(RecordsThroughSync):
+class MemoryMetricsStore(StoreAdapter):
     """Records in a list, guarded by a lock so tasks and threads may share it.
 
     Nothing survives the process; use it in tests and as the semantics reference.
@@ -76,26 +67,8 @@ class MemoryMetricsStore(RecordsThroughSync):
     async def flush(self) -> None:
         self._check_open()
 
-    async def read(
-        self,
-        run_id: str,
-        *,
-        metric: str | None = None,
-        steps: StepBounds | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[MetricRecord]:
-        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
+    async def _select(self, query: Query) -> list[MetricRecord]:
         return query.apply(self._snapshot())
-
-    async def latest(self, run_id: str) -> dict[str, MetricRecord]:
-        return latest_by_metric(sort_records(r for r in self._snapshot() if r.run_id == run_id))
-
-    async def summary(self, run_id: str, metric: str) -> MetricSummary:
-        return summarize(run_id, metric, await self.read(run_id, metric=metric))
-
-    async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
-        return downsample(await self.read(run_id, metric=metric), max_points)
 
     async def runs(self) -> list[str]:
         return sorted({r.run_id for r in self._snapshot()})
@@ -110,14 +83,3 @@ class MemoryMetricsStore(RecordsThroughSync):
 
     async def close(self) -> None:
         self._closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -20,9 +20,9 @@ import msgspec
 
 from ._buffered import BufferedStore
 from ._errors import MetricNotFound
-from ._query import Query, StepBounds, check_max_points
+from ._query import Query, check_max_points
 from ._record import MetricRecord, MetricSummary
-from ._sql import COLUMNS, ORDER_DESC, history_sql, latest_sql, read_sql
+from ._sql import COLUMNS, ORDER_DESC, history_sql, latest_sql, read_sql, record_row
 from ._writer import Chunk
 
 try:
@@ -126,14 +126,7 @@ _MIGRATIONS: list[Callable[[str, str], list[str]]] = [_initial_schema]
 
 
 def _row(record: MetricRecord) -> tuple[Any, ...]:
-    return (
-        record.run_id,
-        record.metric,
-        record.value,
-        record.step,
-        record.timestamp,
-        _encode(record.metadata).decode() if record.metadata else None,
-    )
+    return record_row(record, _identity)
 
 
 def _record(row: Sequence[Any]) -> MetricRecord:
@@ -293,18 +286,7 @@ class PostgresMetricsStore(BufferedStore):
     def _sql(self, sql: str) -> str:
         return sql.replace("FROM metrics", f"FROM {self.schema}.metrics")
 
-    async def read(
-        self,
-        run_id: str,
-        *,
-        metric: str | None = None,
-        steps: StepBounds | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[MetricRecord]:
-        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
-        if query.empty:
-            return []
+    async def _select(self, query: Query) -> list[MetricRecord]:
         sql, args = read_sql(query, _placeholder, _identity)
         records: list[MetricRecord] = await self._call(self._fetch, self._sql(sql), args)
         return records

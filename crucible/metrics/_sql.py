@@ -8,11 +8,17 @@ giving arrival order, plus metric_batches(key) for idempotency keys. Placeholder
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from ._query import Query, bucket_count
+import msgspec
 
-__all__ = ["history_sql", "latest_sql", "read_sql"]
+from ._query import Query, bucket_count
+from ._record import MetricRecord
+
+__all__ = ["history_sql", "latest_sql", "read_sql", "record_row"]
+
+_encode = msgspec.json.encode
 
 COLUMNS = "run_id, metric, value, step, ts, metadata"
 # Read order: steps ascending with step-less records last, then time, then arrival.
@@ -94,3 +100,15 @@ def history_sql(placeholder: Placeholder, max_points: int) -> tuple[str, int]:
         ORDER BY i
     """
     return sql, buckets
+
+
+def record_row(record: MetricRecord, moment: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    """The values of `COLUMNS` for `record`, its timestamp converted by `moment`."""
+    return (
+        record.run_id,
+        record.metric,
+        record.value,
+        record.step,
+        moment(record.timestamp),
+        _encode(record.metadata).decode() if record.metadata else None,
+    )

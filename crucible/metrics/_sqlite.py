@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 
 from ._buffered import BufferedStore
-from ._query import Query, StepBounds, check_max_points, summarize
-from ._record import MetricRecord, MetricSummary
-from ._sql import COLUMNS, history_sql, latest_sql, read_sql
+from ._query import Query, check_max_points
+from ._record import MetricRecord
+from ._sql import COLUMNS, history_sql, latest_sql, read_sql, record_row
 from ._writer import Chunk
 
 __all__ = ["SqliteMetricsStore"]
@@ -49,14 +49,7 @@ def _to_micros(moment: datetime) -> int:
 
 
 def _row(record: MetricRecord) -> tuple[Any, ...]:
-    return (
-        record.run_id,
-        record.metric,
-        record.value,
-        record.step,
-        (record.timestamp - _EPOCH) // _MICROSECOND,
-        _encode(record.metadata).decode() if record.metadata else None,
-    )
+    return record_row(record, _to_micros)
 
 
 def _record(row: tuple[Any, ...]) -> MetricRecord:
@@ -162,27 +155,13 @@ class SqliteMetricsStore(BufferedStore):
             rows = self._reader.execute(sql, tuple(args)).fetchall()
         return [_record(row) for row in rows]
 
-    async def read(
-        self,
-        run_id: str,
-        *,
-        metric: str | None = None,
-        steps: StepBounds | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[MetricRecord]:
-        query = Query.build(run_id, metric=metric, steps=steps, since=since, until=until)
-        if query.empty:
-            return []
+    async def _select(self, query: Query) -> list[MetricRecord]:
         sql, args = read_sql(query, lambda n: "?", _to_micros)
         return await self._query(self._fetch, sql, args)
 
     async def latest(self, run_id: str) -> dict[str, MetricRecord]:
         rows = await self._query(self._fetch, latest_sql(lambda n: "?"), [run_id])
         return {r.metric: r for r in sorted(rows, key=lambda r: r.metric)}
-
-    async def summary(self, run_id: str, metric: str) -> MetricSummary:
-        return summarize(run_id, metric, await self.read(run_id, metric=metric))
 
     async def history(self, run_id: str, metric: str, max_points: int) -> list[MetricRecord]:
         check_max_points(max_points)

@@ -5,17 +5,15 @@ Run it with `python -m crucible.serve`; see docs/service.md.
 
 from ._app import create_app
 from ._config import ServiceConfig
-from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
+from ._stream import SLOW_CONSUMER_CLOSE_CODE
 from ._system import SampleSystem, SystemSampler, sample_system
-from ._tokens import TokenInfo, TokenStore
+from ._tokens import TokenStore
 
 __all__ = [
     "SLOW_CONSUMER_CLOSE_CODE",
-    "Broadcaster",
     "SampleSystem",
     "ServiceConfig",
     "SystemSampler",
-    "TokenInfo",
     "TokenStore",
     "create_app",
     "sample_system",

@@ -11,8 +11,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from crucible.metrics import InvalidRecord, MetricNotFound, MetricRecord, MetricsStore
-from crucible.metrics._remote import check_metric_name, check_run_id
+from crucible.metrics import (
+    InvalidRecord,
+    MetricNotFound,
+    MetricRecord,
+    MetricsStore,
+    check_metric_name,
+    check_run_id,
+)
 
 from ._config import ServiceConfig
 from ._errors import ApiError, json_response

@@ -20,12 +20,13 @@ from crucible.metrics import (
     JsonlMetricsStore,
     MemoryMetricsStore,
     MetricsStore,
+    RemoteMetricsStore,
     SqliteMetricsStore,
 )
+from crucible.service import ServiceConfig
+from crucible.testing import PostgresUnavailable, service_in_thread, throwaway_cluster
 
-from .pgcluster import PostgresUnavailable, throwaway_cluster
-
-ADAPTERS = ["memory", "jsonl", "sqlite", "postgres"]
+ADAPTERS = ["memory", "jsonl", "sqlite", "postgres", "remote"]
 
 
 def _no_postgres(reason: str) -> None:
@@ -79,6 +80,11 @@ class StoreFactory:
         self.schema = f"t_{uuid.uuid4().hex[:12]}"
         self._memory = MemoryMetricsStore()
         self.opened: list[MetricsStore] = []
+        self._service: Any = None
+        self.url = ""
+        if kind == "remote":  # the service over a memory store, in this process
+            self._service = service_in_thread(self._memory, config=ServiceConfig(rate_limit=0))
+            self.url = self._service.__enter__()
 
     def open_sync(self, **options: Any) -> MetricsStore:
         store: MetricsStore
@@ -88,6 +94,9 @@ class StoreFactory:
             store = JsonlMetricsStore(self._tmp_path / "metrics.jsonl", **options)
         elif self.kind == "sqlite":
             store = SqliteMetricsStore(self._tmp_path / "metrics.db", **options)
+        elif self.kind == "remote":
+            buffer = self._tmp_path / f"buffer-{len(self.opened)}"
+            store = RemoteMetricsStore(self.url, buffer_dir=buffer, **options)
         else:
             from crucible.metrics import PostgresMetricsStore
 
@@ -104,6 +113,8 @@ class StoreFactory:
     def cleanup(self) -> None:
         if self.kind == "postgres" and self._dsn is not None:
             drop_schema(self._dsn, self.schema)
+        if self._service is not None:
+            self._service.__exit__(None, None, None)
 
 
 @pytest.fixture(params=ADAPTERS)

@@ -116,7 +116,7 @@ def assert_same(kind: str, got: Any, expected: Any) -> None:
         assert got == expected
 
 
-@pytest.mark.parametrize("factory", ["jsonl", "sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("factory", ["jsonl", "sqlite", "postgres", "remote"], indirect=True)
 @settings(
     max_examples=25,
     deadline=None,

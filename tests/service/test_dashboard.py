@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .server_kit import ServerProcess
+from crucible.testing import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

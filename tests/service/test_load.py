@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from .server_kit import ServerProcess
+from crucible.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 

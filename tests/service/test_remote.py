@@ -20,9 +20,9 @@ from crucible.metrics import (
     ServiceUnavailable,
     open_store,
 )
-from crucible.metrics._remote import _Spool
-
-from .server_kit import ServerProcess, free_port
+from crucible.metrics._spool import Spool
+from crucible.metrics._writer import Chunk
+from crucible.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -191,23 +191,25 @@ def test_a_refused_batch_is_set_aside_and_later_ones_still_go(
 
 
 def test_spool_recovers_after_a_torn_append(tmp_path: Path) -> None:
-    spool = _Spool(tmp_path)
-    spool.append([("k1", b'{"a":1}'), ("k2", b'{"a":2}')], 0, 2)
+    spool = Spool(tmp_path)
+    first, second = MetricRecord("r", "a", 1.0, 0), MetricRecord("r", "a", 2.0, 1)
+    spool.write([Chunk([first], "k1"), Chunk([second], "k2")])
+    body = spool.entries[1].body
     spool.ack()
     spool.close()
     with open(tmp_path / "spool.log", "ab") as log:
-        log.write(b'k3\t{"a"')  # a crash in the middle of an append
-    again = _Spool(tmp_path)
-    assert [(e.key, e.body) for e in again.entries] == [("k2", b'{"a":2}')]
+        log.write(b'k3#0\t{"a"')  # a crash in the middle of an append
+    again = Spool(tmp_path)
+    assert [(e.key, e.body) for e in again.entries] == [("k2#0", body)]
     again.ack()
     assert (tmp_path / "spool.log").stat().st_size == 0  # emptied once everything is acked
     again.close()
 
 
 def test_two_stores_on_one_buffer_directory_do_not_share_it(tmp_path: Path) -> None:
-    first = _Spool(tmp_path / "buf")
+    first = Spool(tmp_path / "buf")
     with pytest.raises(BlockingIOError):
-        _Spool(tmp_path / "buf")
+        Spool(tmp_path / "buf")
     first.close()
     url = "http://127.0.0.1:9"
     a = RemoteMetricsStore(url, buffer_dir=tmp_path / "x", close_timeout=0.1)

@@ -18,9 +18,7 @@ from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from crucible.service import SLOW_CONSUMER_CLOSE_CODE
-
-from ..metrics.pgcluster import PostgresUnavailable, throwaway_cluster
-from .server_kit import ServerProcess
+from crucible.testing import PostgresUnavailable, ServerProcess, throwaway_cluster
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,11 +13,11 @@ from crucible.actors import open_runtime
 from crucible.metrics import MemoryMetricsStore
 from crucible.service import (
     SLOW_CONSUMER_CLOSE_CODE,
-    Broadcaster,
     SampleSystem,
     SystemSampler,
     sample_system,
 )
+from crucible.service._stream import Broadcaster
 
 from .service_kit import points, service
 

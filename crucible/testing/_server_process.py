@@ -1,10 +1,10 @@
-"""A real `python -m crucible.serve` in a subprocess on a loopback port, for end-to-end tests."""
+"""A real `python -m crucible.serve` in a subprocess on a loopback port, for end-to-end tests
+and benchmarks."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +13,7 @@ import attrs
 
 from crucible.service import TokenStore
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from ._ports import free_port
 
 
 @attrs.define

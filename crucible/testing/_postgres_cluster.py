@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster: initdb into a temp dir, serve on a free loopback port.
 
-Used by the metrics tests (through conftest.py) and by `python -m bench.stores`. As root, the
-server runs as the `postgres` OS user, since PostgreSQL refuses to run as root.
+Used by the metrics and service tests and by `python -m bench.stores`. As root, the server
+runs as the `postgres` OS user, since PostgreSQL refuses to run as root.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ._ports import free_port
 
 __all__ = ["PostgresUnavailable", "find_bindir", "throwaway_cluster"]
 
@@ -37,12 +38,6 @@ def find_bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def throwaway_cluster(*, fast_unsafe: bool = False) -> Iterator[str]:
     """Start a private cluster; yield its DSN; stop it and delete its files on exit.
@@ -60,7 +55,7 @@ def throwaway_cluster(*, fast_unsafe: bool = False) -> Iterator[str]:
         prefix = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres", "postgres")
     data, log = root / "data", root / "server.log"
-    port = _free_port()
+    port = free_port()
     options = [f"-p {port}", f"-k {root}", "-c listen_addresses=127.0.0.1"]
     if fast_unsafe:
         options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]

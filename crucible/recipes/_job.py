@@ -230,11 +230,13 @@ async def _run_sl_basic(
     switch: StopSwitch,
     outcome: RunOutcome,
 ) -> None:
-    if state.resume:
-        point = latest_state_checkpoint(files.run_dir)
-        state.recorded_at_resume = files.truncate_metrics(point.batch if point else -1)
     store = JsonlMetricsStore(files.metrics)
     try:
+        if state.resume:
+            # Steps after the checkpoint the run resumes from are trained (and recorded) again.
+            point = latest_state_checkpoint(files.run_dir)
+            truncation = await store.truncate_after(point.batch if point else -1)
+            state.recorded_at_resume = truncation.at_step
         # The summary covers the whole run: what earlier runs in this directory recorded too.
         state.history = MetricHistory.of(await store.read(state.run_id))
         async with open_training_session(rt, config, files.run_dir, state.run_id) as handles:

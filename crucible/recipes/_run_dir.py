@@ -19,61 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import msgspec
 
-from crucible._fs import repair_torn_tail_at, write_bytes_atomically, write_json_atomically
+from crucible._fs import repair_torn_tail_at, write_json_atomically
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 TELEMETRY_NAME = "telemetry.jsonl"
 SUMMARY_NAME = "summary.json"
-
-
-class _StepOnly(msgspec.Struct):
-    metric: str
-    step: int | None = None
-
-
-_step_decoder = msgspec.json.Decoder(_StepOnly)
-
-
-@attrs.frozen
-class Truncation:
-    kept: int
-    dropped: int
-    at_step: frozenset[tuple[str, int]]  # (metric, step) pairs kept at the resume step
-
-
-# LEAD: replace with JsonlMetricsStore.truncate_after
-def truncate_metrics_after(path: Path, step: int) -> Truncation:
-    """Drop the records of ``path`` whose step is after ``step`` (and a torn last line).
-
-    Lines that are not records are kept verbatim (the store reports them; nothing here
-    rewrites data it does not understand). The file is replaced atomically.
-    """
-    if not path.exists():
-        return Truncation(0, 0, frozenset())
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline; else an unfinished line
-    kept: list[bytes] = []
-    dropped = 1 if torn.strip() else 0
-    at_step: set[tuple[str, int]] = set()
-    for line in lines:
-        try:
-            record = _step_decoder.decode(line)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            kept.append(line)
-            continue
-        if record.step is not None and record.step > step:
-            dropped += 1
-            continue
-        if record.step == step:
-            at_step.add((record.metric, step))
-        kept.append(line)
-    if dropped:
-        write_bytes_atomically(path, b"".join(line + b"\n" for line in kept))
-    return Truncation(len(kept), dropped, frozenset(at_step))
 
 
 def _is_json_object(line: bytes) -> bool:
@@ -112,10 +64,6 @@ class RunFiles:
     def repair_tails(self) -> None:
         """Repair a line torn by a kill in the files the run appends to outside a store."""
         repair_torn_tail_at(self.telemetry, _is_json_object)
-
-    def truncate_metrics(self, step: int) -> frozenset[tuple[str, int]]:
-        """Drop metric records after ``step``; the (metric, step) pairs kept at ``step``."""
-        return truncate_metrics_after(self.metrics, step).at_step
 
 
 def run_dir_files(run_dir: Path | str) -> RunFiles:

@@ -26,7 +26,7 @@ from ._errors import (
     RestartIntensityExceeded,
 )
 from ._mailbox import Overflow
-from ._reason import ExitReason, crashed
+from ._reason import SHUTDOWN, ExitReason, crashed
 from ._ref import ActorRef
 from ._restart import Backoff, RestartIntensity
 
@@ -165,7 +165,14 @@ class Supervisor(Actor[None]):
 
     async def init(self) -> None:
         for child in self._children:
-            await self._start(child)
+            try:
+                await self._start(child)
+            except Exception:
+                # As OTP: whether the child's init or its start function failed, the children
+                # already started are shut down (reverse order, each within its shutdown
+                # timeout, terminate runs) before the supervisor fails.
+                await self.terminate(SHUTDOWN, None)
+                raise
 
     async def terminate(self, reason: ExitReason, state: None) -> None:
         for child in reversed(self._children):

@@ -70,6 +70,8 @@ class ActorRef(Generic[A]):
         later is dropped), ActorDead if the actor stops before answering, ActorCrashed (with
         the handler's exception as ``__cause__``) if the handler raised, MailboxFull if the
         overflow policy refused the request, CallToSelf from inside the same actor.
+        ActorDead and ActorCrashed come only once the actor has ended (terminate done,
+        ``exit_reason`` set), as a gen_server caller learns of the server's exit.
         Cancelling the caller only stops the wait: the request may still be handled.
         """
         from ._cell import current_cell

@@ -202,3 +202,40 @@ async def test_a_dynamic_nested_supervisor_that_fails_to_start_leaves_its_parent
         assert log == ["start:a", "start:x", "terminate:x:shutdown", "stopped:x"]
         assert [c.id for c in await sup.which_children()] == ["a"]
         assert refs["a"].alive
+
+
+def _broken_factory() -> Actor[None]:
+    raise ValueError("no such model")
+
+
+async def test_start_child_with_a_failing_start_function_returns_the_error() -> None:
+    """OTP, supervisor:start_child/2: if the child's start function fails, the call returns
+    {error, Error} and the supervisor goes on (it does not crash)."""
+    async with open_runtime() as rt:
+        sup = await rt.supervise([])
+        with pytest.raises(ActorInitFailed, match="'bad' could not be started") as info:
+            await sup.start_child(ChildSpec("bad", _broken_factory))
+        assert isinstance(info.value.__cause__, ValueError)
+        assert await sup.which_children() == []
+        assert (await sup.count_children()).specs == 0
+
+
+async def test_a_restart_whose_start_function_fails_counts_toward_intensity() -> None:
+    """OTP: a restart that fails to start the child is retried like a crash of that child,
+    within the restart intensity; past it the supervisor terminates."""
+    attempts: list[int] = []
+
+    def start() -> Actor[None]:
+        attempts.append(1)
+        if len(attempts) > 1:
+            raise ValueError("no such model")
+        return _Child("c", [], {})
+
+    async with open_runtime() as rt:
+        sup = await rt.supervise([ChildSpec("c", start, name="c")], max_restarts=2)
+        ref = rt.whereis("c")
+        assert ref is not None
+        await ref.stop()  # a permanent child: restarted, and each restart fails
+        reason = await sup.wait()
+        assert reason.kind == "crashed"
+        assert len(attempts) == 1 + 2

@@ -469,3 +469,42 @@ async def test_a_call_to_an_actor_still_in_terminate_fails_only_once_it_has_stop
             await ref.call(Get())
         assert log == ["terminate:crashed", "terminated"]
         assert ref.exit_reason is not None and ref.exit_reason.kind == "crashed"
+
+
+async def test_a_call_to_an_actor_stuck_in_terminate_times_out() -> None:
+    """gen_server:call(Server, Request, Timeout) to a server still in terminate/2 exits with
+    timeout once Timeout has passed, not with the server's exit."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log, linger=None), shutdown=0)
+        await ref.cast(Crash())
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(CallTimeout):
+            await ref.call(Get(), timeout=0.02)
+        assert ref.exit_reason is None
+
+
+class _CallsItselfInTerminate(Actor[None]):
+    def __init__(self, errors: list[BaseException]) -> None:
+        self.errors = errors
+
+    async def terminate(self, reason: ExitReason, state: None) -> None:
+        try:
+            await self.ref.call(Get(), timeout=None)
+        except ActorDead as exc:
+            self.errors.append(exc)
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0
+
+
+async def test_an_actor_calling_itself_from_terminate_fails_at_once() -> None:
+    """Waiting for one's own end could never finish, so from terminate a call to oneself fails
+    at once with ActorDead (a gen_server calling itself gets an exit at once too)."""
+    errors: list[BaseException] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_CallsItselfInTerminate(errors))
+        with anyio.fail_after(5):
+            await ref.stop()
+        assert len(errors) == 1

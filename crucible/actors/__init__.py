@@ -4,6 +4,7 @@ Erlang/OTP's gen_server and supervisor, on anyio (asyncio and trio). See docs/ac
 """
 
 from ._actor import Actor, Request, handler
+from ._children import ChildCounts, ChildInfo, ChildSpec, RestartType
 from ._embedded import EmbeddedRuntime, SyncActorRef, SyncSupervisorRef, embedded
 from ._errors import (
     ActorCrashed,
@@ -26,15 +27,7 @@ from ._reason import ExitReason
 from ._ref import ActorRef
 from ._restart import Backoff, RestartIntensity
 from ._runtime import NamedRef, Runtime, RuntimeEvent, open_runtime
-from ._supervisor import (
-    ChildCounts,
-    ChildInfo,
-    ChildSpec,
-    RestartType,
-    Strategy,
-    Supervisor,
-    SupervisorRef,
-)
+from ._supervisor import Strategy, Supervisor, SupervisorRef
 from ._timers import Timer
 
 __all__ = [

@@ -1,8 +1,11 @@
 """The machinery that runs one incarnation of an actor: its task, mailbox loop and exit.
 
 A Cell owns a task group (for the actor's timers and, for supervisors, its children) and a
-cancel scope that ``kill`` cancels. Whatever way the actor ends, ``_finish`` answers every
-caller still waiting with ``ActorDead`` and then tells whoever started it (``on_exit``).
+cancel scope that ``kill`` cancels. Whatever way the actor ends, ``_finish`` records its exit
+reason, then answers every caller still waiting (``ActorCrashed`` for the call whose handler
+crashed, ``ActorDead`` for the rest) and tells whoever started it (``on_exit``). As with
+gen_server, no caller hears of the end before it is over: ``terminate`` has run (or been cut
+short) and ``exit_reason`` is set.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from ._actor import Actor
-from ._errors import ActorCrashed, ActorDead, ActorInitFailed
+from ._errors import ActorCrashed, ActorDead, ActorError, ActorInitFailed
 from ._mailbox import Call, Mailbox, Overflow
 from ._reason import KILLED, NORMAL, SHUTDOWN, ExitReason, crashed
 from ._ref import ActorRef
@@ -42,6 +45,7 @@ class Cell:
     __slots__ = (
         "_done",
         "_in_flight",
+        "_owed",
         "_scope",
         "_stop_reason",
         "_tg",
@@ -91,6 +95,7 @@ class Cell:
         self.exit_reason: ExitReason | None = None
         self._stop_reason: ExitReason | None = None
         self._in_flight: Call | None = None
+        self._owed: list[tuple[Call, ActorError]] = []  # answered once the actor has ended
         self._done = anyio.Event()
         self._scope: anyio.CancelScope | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -185,7 +190,7 @@ class Cell:
                         f"{self.label} crashed handling {type(message).__name__}: {exc!r}"
                     )
                     error.__cause__ = exc
-                    call.fail(error)
+                    self._owed.append((call, error))
                     self._in_flight = None
                 return crashed(exc)
             if call is not None:
@@ -204,14 +209,16 @@ class Cell:
             log.exception("%s.terminate(%s) raised", self.label, reason)
 
     def _close_mailbox(self, reason: ExitReason) -> None:
+        """Refuse new messages; the calls already sent are answered ActorDead by ``_finish``."""
         if self.mailbox.closed is not None:
             return
         why = f"{self.label} has stopped ({reason})"
+        owed = self._owed
         for item in self.mailbox.close(why):
             if type(item) is Call:
-                item.fail(ActorDead(why))
+                owed.append((item, ActorDead(why)))
         if self._in_flight is not None:
-            self._in_flight.fail(ActorDead(why))
+            owed.append((self._in_flight, ActorDead(why)))
             self._in_flight = None
 
     def _finish(self, reason: ExitReason) -> None:
@@ -219,6 +226,9 @@ class Cell:
         self.exit_reason = reason
         self.runtime._forget(self)
         self._done.set()
+        for call, error in self._owed:
+            call.fail(error)
+        self._owed.clear()
         if reason.kind == "crashed":
             self.runtime._emit("crashed", self, reason)
         if self.on_exit is not None:

@@ -14,11 +14,12 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._actor import Actor, Request
+from ._children import ChildCounts, ChildInfo, ChildSpec
 from ._mailbox import Overflow
 from ._reason import ExitReason
 from ._ref import DEFAULT_CALL_TIMEOUT, ActorRef
 from ._runtime import Runtime, open_runtime
-from ._supervisor import ChildCounts, ChildInfo, ChildSpec, SupervisorRef
+from ._supervisor import SupervisorRef
 
 A = TypeVar("A", bound=Actor[Any])
 R = TypeVar("R")

@@ -183,13 +183,15 @@ class Mailbox:
 
     def close(self, why: str) -> list[Any]:
         """Refuse further messages (senders get ActorDead(why)) and return what was still
-        queued; parked senders are told the actor is dead."""
+        queued. A parked call counts as sent (its caller then waits for the answer the
+        owner gives every returned call); a parked cast is refused with ActorDead."""
         self.closed = why
         pending = list(self.items)
         self.items.clear()
         while self.parked:
             parked = self.parked.popleft()
             pending.append(parked.item)
-            parked.error = ActorDead(why)
+            if type(parked.item) is not Call:
+                parked.error = ActorDead(why)
             parked.accepted.set()
         return pending

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 import anyio
 
@@ -70,13 +70,15 @@ class ActorRef(Generic[A]):
         later is dropped), ActorDead if the actor stops before answering, ActorCrashed (with
         the handler's exception as ``__cause__``) if the handler raised, MailboxFull if the
         overflow policy refused the request, CallToSelf from inside the same actor.
+        ActorDead and ActorCrashed come only once the actor has ended (terminate done,
+        ``exit_reason`` set), as a gen_server caller learns of the server's exit.
         Cancelling the caller only stops the wait: the request may still be handled.
         """
         from ._cell import current_cell
 
         cell = self._cell
         if cell.mailbox.closed is not None:
-            raise ActorDead(cell.mailbox.closed)
+            await self._once_ended(message, timeout)
         if current_cell.get() is cell:
             raise CallToSelf(
                 f"{cell.label} called itself with {type(message).__name__}: it could never "
@@ -110,6 +112,20 @@ class ActorRef(Generic[A]):
             raise self._timeout(message, timeout) from None
         finally:
             bucket.discard(call.slot)
+
+    async def _once_ended(self, message: Any, timeout: float | None) -> NoReturn:
+        """Fail a call to an actor that refuses messages once it has ended, within the call's
+        timeout: as a gen_server caller gets a server's exit only when the server has died,
+        not while its terminate runs. From the actor itself (its terminate), fail at once."""
+        from ._cell import current_cell
+
+        cell = self._cell
+        if current_cell.get() is not cell:
+            with anyio.move_on_after(timeout):
+                await cell.wait()
+            if cell.exit_reason is None:
+                raise self._timeout(message, timeout)
+        raise ActorDead(cell.mailbox.closed)
 
     def _timeout(self, message: Any, timeout: float | None) -> CallTimeout:
         return CallTimeout(

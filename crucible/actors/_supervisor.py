@@ -9,7 +9,7 @@ children and crashes with RestartIntensityExceeded, so its own parent decides (e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import anyio
@@ -18,6 +18,7 @@ import msgspec
 
 from ._actor import Actor, Request, handler
 from ._cell import Cell
+from ._children import ChildCounts, ChildInfo, ChildSpec, ChildStatus, RestartType
 from ._errors import (
     ActorInitFailed,
     ChildAlreadyExists,
@@ -25,68 +26,13 @@ from ._errors import (
     ChildRunning,
     RestartIntensityExceeded,
 )
-from ._mailbox import Overflow
-from ._reason import ExitReason, crashed
+from ._reason import SHUTDOWN, ExitReason, crashed
 from ._ref import ActorRef
 from ._restart import Backoff, RestartIntensity
 
 log = logging.getLogger("crucible.actors")
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
-RestartType = Literal["permanent", "transient", "temporary"]
-ChildStatus = Literal["running", "restarting", "stopped"]
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {choices}, got {value!r}")
-
-    return check
-
-
-def _shutdown_ok(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"shutdown must be >= 0 seconds or None (wait forever), got {value}")
-
-
-@attrs.frozen
-class ChildSpec:
-    """How to run one child. ``start`` returns a fresh Actor for every incarnation.
-
-    ``restart``: ``permanent`` always comes back, ``transient`` only after an abnormal exit
-    (crash or kill), ``temporary`` never. ``shutdown``: seconds the child gets to stop
-    (``terminate``) before it is cancelled; 0 cancels at once, None waits forever (use it
-    for nested supervisors). ``name`` registers every incarnation under that name.
-    """
-
-    id: str
-    start: Callable[[], Actor[Any]]
-    restart: RestartType = attrs.field(
-        default="permanent", validator=_one_of(get_args(RestartType))
-    )
-    shutdown: float | None = attrs.field(default=5.0, validator=_shutdown_ok)
-    name: str | None = None
-    mailbox_size: int | None = None
-    overflow: Overflow | None = None
-
-
-@attrs.frozen
-class ChildInfo:
-    id: str
-    ref: ActorRef[Any] | None
-    status: ChildStatus
-    restart: RestartType
-    restarts: int
-    supervisor: bool
-
-
-@attrs.frozen
-class ChildCounts:
-    specs: int
-    active: int
-    supervisors: int
-    workers: int
 
 
 @attrs.define
@@ -165,7 +111,13 @@ class Supervisor(Actor[None]):
 
     async def init(self) -> None:
         for child in self._children:
-            await self._start(child)
+            try:
+                await self._start(child)
+            except ActorInitFailed:
+                # As OTP: first shut down the children already started (reverse order, each
+                # within its shutdown timeout, terminate runs), then fail.
+                await self.terminate(SHUTDOWN, None)
+                raise
 
     async def terminate(self, reason: ExitReason, state: None) -> None:
         for child in reversed(self._children):
@@ -174,17 +126,22 @@ class Supervisor(Actor[None]):
     # -- starting and stopping one child -----------------------------------------------------
 
     async def _start(self, child: _Child) -> ActorRef[Any]:
+        """Start one incarnation; ActorInitFailed however it fails (as in OTP, a failing start
+        function is a failed start, like a failing init)."""
         spec = child.spec
-        actor = spec.start()
-        child.is_supervisor = isinstance(actor, Supervisor)
-        cell = self.runtime._cell(
-            actor,
-            name=spec.name,
-            mailbox_size=spec.mailbox_size,
-            overflow=spec.overflow,
-            shutdown=spec.shutdown,
-            on_exit=self._child_exited,
-        )
+        try:
+            actor = spec.start()
+            child.is_supervisor = isinstance(actor, Supervisor)
+            cell = self.runtime._cell(
+                actor,
+                name=spec.name,
+                mailbox_size=spec.mailbox_size,
+                overflow=spec.overflow,
+                shutdown=spec.shutdown,
+                on_exit=self._child_exited,
+            )
+        except Exception as exc:
+            raise ActorInitFailed(f"child {spec.id!r} could not be started: {exc!r}") from exc
         child.cell = cell
         child.status = "running"
         try:

@@ -13,6 +13,7 @@ from crucible.actors import (
     ActorInitFailed,
     CallTimeout,
     CallToSelf,
+    ExitReason,
     Request,
     UnhandledMessage,
     handler,
@@ -300,3 +301,210 @@ async def test_answered_calls_leave_no_timeout_bookkeeping_behind() -> None:
         for _ in range(200):
             await ref.call(Get(), timeout=60)
         assert all(not bucket for bucket in rt.deadlines._buckets.values())
+
+
+# -- a caller hears of an actor's end only once it has ended (as gen_server) ------------------
+
+
+class _SlowToStop(Actor[None]):
+    """Crashes on Crash (after Hold's gate, if held); its terminate takes ``linger`` seconds
+    (forever with None) and logs what it did."""
+
+    def __init__(self, log: list[str], linger: float | None = 0.02) -> None:
+        self.log, self.linger = log, linger
+        self.gate, self.entered = anyio.Event(), anyio.Event()
+
+    async def terminate(self, reason: ExitReason, state: None) -> None:
+        self.log.append(f"terminate:{reason.kind}")
+        if self.linger is None:
+            await anyio.sleep_forever()
+        await anyio.sleep(self.linger)
+        self.log.append("terminated")
+
+    @handler
+    async def hold(self, msg: Hold) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        raise RuntimeError("failed after waiting")
+
+    @handler
+    def crash(self, msg: Crash) -> None:
+        raise ValueError("boom")
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0
+
+
+async def test_a_crash_reaches_its_caller_only_after_terminate_and_with_exit_reason_set() -> None:
+    """gen_server:call: the caller learns of the server's crash only once the server process
+    has terminated (its monitor fires on exit, after terminate/2 has run), so by then the
+    actor is dead and its exit reason known; ActorCrashed still chains the handler's error."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log))
+        with pytest.raises(ActorCrashed) as info:
+            await ref.call(Crash())
+        assert log == ["terminate:crashed", "terminated"]
+        assert not ref.alive
+        reason = ref.exit_reason
+        assert reason is not None and reason.kind == "crashed"
+        assert isinstance(info.value.__cause__, ValueError)
+        assert reason.error is info.value.__cause__
+
+
+async def test_queued_callers_hear_the_actor_is_dead_only_once_it_has_stopped() -> None:
+    """gen_server:call: every caller whose request is still in a crashed server's mailbox
+    gets its exit only when the server process has terminated, never while terminate/2 is
+    still running."""
+    log: list[str] = []
+    seen: dict[str, tuple[str, list[str], ExitReason | None]] = {}
+    async with open_runtime() as rt:
+        actor = _SlowToStop(log)
+        ref = await rt.spawn(actor)
+
+        async def call(label: str, message: object) -> None:
+            try:
+                await ref.call(message, timeout=None)
+                outcome = "ok"
+            except ActorCrashed:
+                outcome = "crashed"
+            except ActorDead:
+                outcome = "dead"
+            seen[label] = (outcome, list(log), ref.exit_reason)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "crasher", Hold())
+            await actor.entered.wait()
+            for i in range(3):
+                tg.start_soon(call, f"queued{i}", Get())
+            await anyio.wait_all_tasks_blocked()
+            actor.gate.set()
+        assert set(seen) == {"crasher", "queued0", "queued1", "queued2"}
+        for label, (outcome, log_then, reason) in seen.items():
+            assert outcome == ("crashed" if label == "crasher" else "dead")
+            assert log_then == ["terminate:crashed", "terminated"]
+            assert reason is not None and reason.kind == "crashed"
+
+
+async def test_a_blocked_caller_hears_the_actor_is_dead_only_once_it_has_stopped() -> None:
+    """gen_server:call: a request is answered by the server or, if the server dies first, by
+    the exit once it has terminated. A call waiting for room in a full mailbox (``block``)
+    counts as sent: it too hears of the crash only after terminate has run."""
+    log: list[str] = []
+    seen: list[tuple[str, list[str]]] = []
+    async with open_runtime() as rt:
+        actor = _SlowToStop(log)
+        ref = await rt.spawn(actor, mailbox_size=1, overflow="block")
+
+        async def call(message: object) -> None:
+            try:
+                await ref.call(message, timeout=None)
+            except ActorDead:
+                seen.append(("dead", list(log)))
+            except ActorCrashed:
+                seen.append(("crashed", list(log)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, Hold())
+            await actor.entered.wait()
+            tg.start_soon(call, Get())  # fills the mailbox
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(call, Get())  # parked, waiting for room
+            await anyio.wait_all_tasks_blocked()
+            assert len(ref._cell.mailbox.parked) == 1
+            actor.gate.set()
+        after = ["terminate:crashed", "terminated"]
+        assert sorted(seen) == [("crashed", after), ("dead", after), ("dead", after)]
+
+
+async def test_a_crash_whose_terminate_outlasts_the_call_timeout_times_the_call_out() -> None:
+    """gen_server:call(Server, Request, Timeout): the caller waits at most Timeout for either
+    the reply or the server's exit; a server still in terminate/2 when it passes makes the
+    call time out. Stopping the actor then (it is cancelled) ends it as killed."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log, linger=None), shutdown=0)
+        with pytest.raises(CallTimeout):
+            await ref.call(Crash(), timeout=0.05)
+        assert log == ["terminate:crashed"]
+        assert ref.exit_reason is None
+        assert (await ref.stop(0)).kind == "killed"
+
+
+async def test_a_crashed_actor_killed_in_terminate_still_answers_its_caller_crashed() -> None:
+    """gen_server:call: the caller gets the exit when the server process ends, however it
+    ends; the handler's error stays the cause of ActorCrashed even if terminate was cut short."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log, linger=None), shutdown=0)
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await ref.call(Crash(), timeout=None)
+            except ActorCrashed as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.wait_all_tasks_blocked()
+            assert log == ["terminate:crashed"] and not errors
+            await ref.stop(0)
+        assert isinstance(errors[0].__cause__, ValueError)
+        assert ref.exit_reason is not None and ref.exit_reason.kind == "killed"
+
+
+async def test_a_call_to_an_actor_still_in_terminate_fails_only_once_it_has_stopped() -> None:
+    """gen_server:call to a server that is running terminate/2: the request sits in its
+    mailbox and the caller gets the exit when the server has terminated (not at once)."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log))
+        await ref.cast(Crash())  # nobody waits on this one
+        await anyio.wait_all_tasks_blocked()
+        assert log == ["terminate:crashed"]
+        assert not ref.alive and ref.exit_reason is None  # refusing messages, not yet ended
+        with pytest.raises(ActorDead, match="has stopped"):
+            await ref.call(Get())
+        assert log == ["terminate:crashed", "terminated"]
+        assert ref.exit_reason is not None and ref.exit_reason.kind == "crashed"
+
+
+async def test_a_call_to_an_actor_stuck_in_terminate_times_out() -> None:
+    """gen_server:call(Server, Request, Timeout) to a server still in terminate/2 exits with
+    timeout once Timeout has passed, not with the server's exit."""
+    log: list[str] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_SlowToStop(log, linger=None), shutdown=0)
+        await ref.cast(Crash())
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(CallTimeout):
+            await ref.call(Get(), timeout=0.02)
+        assert ref.exit_reason is None
+
+
+class _CallsItselfInTerminate(Actor[None]):
+    def __init__(self, errors: list[BaseException]) -> None:
+        self.errors = errors
+
+    async def terminate(self, reason: ExitReason, state: None) -> None:
+        try:
+            await self.ref.call(Get(), timeout=None)
+        except ActorDead as exc:
+            self.errors.append(exc)
+
+    @handler
+    def get(self, msg: Get) -> int:
+        return 0
+
+
+async def test_an_actor_calling_itself_from_terminate_fails_at_once() -> None:
+    """Waiting for one's own end could never finish, so from terminate a call to oneself fails
+    at once with ActorDead (a gen_server calling itself gets an exit at once too)."""
+    errors: list[BaseException] = []
+    async with open_runtime() as rt:
+        ref = await rt.spawn(_CallsItselfInTerminate(errors))
+        with anyio.fail_after(5):
+            await ref.stop()
+        assert len(errors) == 1

@@ -7,11 +7,13 @@
    private module, so every module may use it.
 3. ``crucible.testing`` serves tests and benchmarks; the library itself never imports it, and
    ``bench/`` imports nothing from ``tests/``.
+4. docs/index.md lists where every public name lives (``scripts/public_names.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +159,14 @@ def test_the_check_catches_violations(
     monkeypatch.setattr(this, "PACKAGE", fake_root / "crucible")
     problems = _violations()
     assert any(expected in problem for problem in problems), problems
+
+
+def test_docs_index_lists_every_public_name() -> None:
+    """docs/index.md's table of public names is generated from the packages' ``__all__``."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "public_names.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

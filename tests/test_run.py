@@ -179,4 +179,4 @@ def test_dry_run_checks_config_backend_and_every_data_line_and_trains_nothing(
     train = tmp_path / "train.jsonl"
     train.write_text(train.read_text() + "{broken\n")
     assert main([*overrides, "--dry-run"]) == 2
-    assert "not a conversation" in capsys.readouterr().err
+    assert "train.jsonl:49: not valid JSON" in capsys.readouterr().err

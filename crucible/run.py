@@ -4,12 +4,16 @@ With no arguments: LoRA fine-tuning of the shipped local base model on generated
 and word-reversal dialogues, about a minute on two CPU cores; the run directory (default
 ``runs/<name>-<timestamp>``) then holds config.json, metrics.jsonl, checkpoints.jsonl,
 telemetry.jsonl, loss.png and summary.json. Ctrl-C saves a checkpoint and prints the command
-that resumes the run; so does a crash. See docs/quickstart.md and docs/recipes.md.
+that resumes the run; so does a crash, when there is a checkpoint to resume from. Bad input is
+found before the run directory is made (``check_run``). See docs/quickstart.md and
+docs/recipes.md.
 
-This module is the command line only: arguments, progress, the plot and the printed summary,
-exit codes. The job itself (``execute_run``) lives in crucible.recipes.
+This module is the command line only: arguments (options and overrides in any order),
+progress, the plot and the printed summary, exit codes. The job itself (``execute_run``) lives
+in crucible.recipes.
 
-Exit status: 0 done, 1 failed, 2 bad configuration or usage, 130 stopped by Ctrl-C.
+Exit status: 0 done, 1 failed, 2 bad input (config, dataset, output directory, usage; one
+line on stderr), 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations

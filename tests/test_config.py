@@ -46,7 +46,12 @@ def test_config_round_trips_through_its_json_form() -> None:
         (["inject_faults=2"], "inject_faults must be between 0 and 1"),
         (["tasks=['chess']"], "tasks must be a non-empty list from"),
         (["fault_kinds=['meteor']"], "fault_kinds must be a list of one of latency"),
-        (["name=a/b"], "name must be a plain non-empty name"),
+        (["name=a/b"], "name 'a/b' must be 1-100 letters, digits, '_', '.' or '-'"),
+        (["name='a b'"], "name 'a b' must be 1-100 letters"),
+        (["name=.hidden"], "starting with a letter or digit"),
+        (["log_dir='runs/a b'"], "log_dir 'runs/a b': its last part 'a b' is the run id"),
+        (["log_dir=''"], "log_dir must not be empty"),
+        (["test_dataset=t.jsonl"], "test_dataset is only read with a dataset file"),
         (["fault_ops=['optim']"], "fault_ops has unknown ops ['optim']; known: forward_backward"),
         (["skip_bad_lines=1"], "skip_bad_lines must be true or false"),
         (["lr"], "override 'lr' is not of the form key=value"),
@@ -71,6 +76,10 @@ def test_toml_errors_name_the_file(tmp_path: Path) -> None:
         load_config(unknown)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "missing.toml")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"name = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not valid TOML: not UTF-8 text"):
+        load_config(latin1)
 
 
 def test_the_cli_reports_config_errors_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -91,7 +91,7 @@ def test_tinker_backend_without_api_key_says_what_is_missing(
 
 def test_module_entry_point_prints_the_resolved_config() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "crucible.run", "--print-config", "lr=1e-3", "lr_schedule=linear"],
+        [sys.executable, "-m", "crucible.run", "lr=1e-3", "--print-config", "lr_schedule=linear"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -151,9 +151,10 @@ def test_a_run_continued_past_its_end_registers_a_new_version_with_the_old_as_pa
     from crucible.training import RegistryStore
 
     run_dir = tmp_path / "run"
-    assert main([*tiny_overrides(tmp_path, run_dir, max_steps=4), "--quiet"]) == 0
+    first, *rest = tiny_overrides(tmp_path, run_dir, max_steps=4)
+    assert main([first, "--quiet", *rest]) == 0  # options and overrides in any order
     assert main(["--resume", str(run_dir), "--quiet"]) == 0  # already done: nothing new
-    assert main(["--resume", str(run_dir), "max_steps=6", "--quiet"]) == 0
+    assert main(["--quiet", "max_steps=6", "--resume", str(run_dir)]) == 0
     store = RegistryStore(tmp_path / "registry.sqlite")
     try:
         models = store.list_models("sl_basic", None, None)
@@ -179,4 +180,20 @@ def test_dry_run_checks_config_backend_and_every_data_line_and_trains_nothing(
     train = tmp_path / "train.jsonl"
     train.write_text(train.read_text() + "{broken\n")
     assert main([*overrides, "--dry-run"]) == 2
-    assert "not a conversation" in capsys.readouterr().err
+    assert "train.jsonl:49: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_resume_first_removes_the_temporaries_a_killed_write_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir, max_steps=2), "--quiet"]) == 0
+    stale = [run_dir / ".summary.json.x1.tmp", run_dir / "checkpoints" / ".state.pt.x2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    keep = run_dir / "notes.tmp"  # not one of ours: no leading dot
+    keep.write_text("mine")
+    capsys.readouterr()
+    assert main(["--resume", str(run_dir), "--progress", "lines"]) == 0
+    assert "removed 2 stale temporary files" in capsys.readouterr().err
+    assert not any(path.exists() for path in stale) and keep.exists()

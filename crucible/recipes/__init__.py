@@ -25,15 +25,23 @@ from crucible.recipes._data import (
 )
 from crucible.recipes._eval import EvalResult, Evaluator, SamplingEvaluator
 from crucible.recipes._job import (
-    RunCheck,
-    RunDirExists,
     RunOutcome,
     StopSwitch,
-    check_run,
     default_run_dir,
     execute_run,
     prepare_run_dir,
+    resume_advice,
     resume_command,
+)
+from crucible.recipes._preflight import (
+    BAD_INPUT_ERRORS,
+    NothingToResume,
+    RunCheck,
+    RunDirExists,
+    bad_input_in,
+    check_output_dir,
+    check_run,
+    resume_point_of,
 )
 from crucible.recipes._progress import ProgressReporter
 from crucible.recipes._render import ChatRenderer, ChatTemplate, RenderedExample, datum_weight
@@ -55,6 +63,7 @@ from crucible.recipes._workflow import (
 )
 
 __all__ = [
+    "BAD_INPUT_ERRORS",
     "SCHEDULES",
     "BackendUnavailable",
     "BatchPlan",
@@ -74,6 +83,7 @@ __all__ = [
     "Loop",
     "Message",
     "MissingAdapters",
+    "NothingToResume",
     "ProgressReporter",
     "Recipe",
     "RenderedExample",
@@ -89,7 +99,9 @@ __all__ = [
     "TaskDatasetStore",
     "TrainConfig",
     "WorkflowError",
+    "bad_input_in",
     "check_adapters",
+    "check_output_dir",
     "check_run",
     "config_from_dict",
     "config_to_dict",
@@ -101,7 +113,9 @@ __all__ = [
     "parse_overrides",
     "prepare_run_dir",
     "read_conversations",
+    "resume_advice",
     "resume_command",
+    "resume_point_of",
     "run_dir_files",
     "run_workflow",
 ]

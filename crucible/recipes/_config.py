@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -33,6 +34,13 @@ ChatTemplateName = Literal["auto", "crucible", "role_colon"]
 
 class ConfigError(ValueError):
     """The configuration is not valid; the message names the field and what it must be."""
+
+
+#: A run's id (its directory's name, and ``name`` in the default directory) is a segment of
+#: ``local://<run>/...`` and ``tinker://<run>/...`` checkpoint paths, so it follows their rule.
+#: At most 128 characters, as the metrics service takes; ``name`` leaves room for the time.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+RUN_ID_CHARS = "letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 def _at_least(low: float) -> Any:
@@ -124,8 +132,22 @@ class TrainConfig:
     op_timeout_s: float = attrs.field(default=120.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"name must be a plain non-empty name without '/', got {self.name!r}")
+        if not RUN_ID_PATTERN.fullmatch(self.name) or len(self.name) > 100:
+            raise ConfigError(f"name {self.name!r} must be 1-100 {RUN_ID_CHARS}")
+        if self.log_dir is not None:
+            if not self.log_dir.strip():
+                raise ConfigError("log_dir must not be empty (omit it for runs/<name>-<time>)")
+            last = Path(self.log_dir).name  # the run's id in checkpoint paths
+            if not RUN_ID_PATTERN.fullmatch(last):
+                raise ConfigError(
+                    f"log_dir {self.log_dir!r}: its last part {last!r} is the run id, which "
+                    f"must be 1-128 {RUN_ID_CHARS}"
+                )
+        if self.test_dataset is not None and self.dataset == "default":
+            raise ConfigError(
+                "test_dataset is only read with a dataset file; dataset is 'default' "
+                "(set dataset=... too, or drop test_dataset)"
+            )
         known = {"addition", "reversal"}
         unknown = [task for task in self.tasks if task not in known]
         if unknown or not self.tasks:
@@ -272,6 +294,10 @@ def load_config(
             text = file.read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError(f"cannot read config file {file}: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{file} is not valid TOML: not UTF-8 text (byte {error.start})"
+            ) from error
         try:
             loaded = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:

@@ -80,23 +80,37 @@ def read_conversations(path: str | Path, *, skip_bad_lines: bool = False) -> Loa
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            conversation = _decoder.decode(line)
-            _check(conversation)
-        except (msgspec.ValidationError, msgspec.DecodeError, DatasetError) as error:
-            reason = str(error)
+        parsed = _parse(line)
+        if isinstance(parsed, str):
             if not skip_bad_lines:
-                raise DatasetError(
-                    f"{file}:{number}: not a conversation ({reason}); expected "
-                    '{"messages": [{"role": "user"|"assistant"|"system", "content": "..."}]} '
-                    "(or pass skip_bad_lines=true)"
-                ) from None
-            skipped.append(BadLine(number, reason))
+                raise DatasetError(f"{file}:{number}: {parsed} (or pass skip_bad_lines=true)")
+            skipped.append(BadLine(number, parsed))
             continue
-        conversations.append(conversation)
+        conversations.append(parsed)
     if not conversations:
         raise DatasetError(f"{file} holds no usable conversation")
     return LoadedConversations(file, tuple(conversations), tuple(skipped))
+
+
+_EXPECTED = '{"messages": [{"role": "user"|"assistant"|"system", "content": "..."}]}'
+
+
+def _parse(line: bytes) -> Conversation | str:
+    """The line's conversation, or what is wrong with it in words."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"bytes that are not UTF-8 text (at byte {error.start + 1})"
+    try:
+        conversation = _decoder.decode(line)
+        _check(conversation)
+    except msgspec.ValidationError as error:  # JSON, but not a conversation
+        return f"not a conversation ({error}); expected {_EXPECTED}"
+    except msgspec.DecodeError as error:
+        return f"not valid JSON ({error})"
+    except DatasetError as error:
+        return f"not a conversation ({error}); expected {_EXPECTED}"
+    return conversation
 
 
 @attrs.frozen

@@ -15,16 +15,23 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import attrs
 
+from crucible._fs import remove_stale_temporaries
 from crucible.actors import Runtime, open_runtime
 from crucible.metrics import JsonlMetricsStore
-from crucible.recipes._batches import BatchPlan
 from crucible.recipes._config import TrainConfig, config_to_dict
-from crucible.recipes._data import JsonlDatasetStore, TaskDatasetStore
+from crucible.recipes._data import DatasetSplits, DatasetStore
+from crucible.recipes._preflight import (
+    PreloadedDatasetStore,
+    RunDirExists,
+    check_resumable,
+    dataset_store,
+    resume_point_of,
+)
 from crucible.recipes._progress import ProgressReporter
 from crucible.recipes._run_dir import RunFiles, run_dir_files
 from crucible.recipes._session_setup import (
@@ -33,21 +40,15 @@ from crucible.recipes._session_setup import (
     open_training_session,
     source_run_id,
 )
-from crucible.recipes._tasks import TaskName
 from crucible.recipes._workflow import (
     Context,
     StageFailed,
     StopRequested,
-    check_adapters,
     run_workflow,
 )
 from crucible.recipes.sl_basic import SL_BASIC, MetricHistory, SLState, summary_metrics
 from crucible.telemetry import JsonlHandler
-from crucible.training import ModelRegistryClient, latest_state_checkpoint
-
-
-class RunDirExists(Exception):
-    """The run directory is in use and behavior_if_exists says not to touch it."""
+from crucible.training import ModelRegistryClient
 
 
 @attrs.define
@@ -60,6 +61,7 @@ class RunOutcome:
     model_id: int | None = None
     sampler_path: str | None = None
     skipped_lines: int = 0
+    stale_temporaries_removed: int = 0
     error: str | None = None
     summary: dict[str, Any] = attrs.field(factory=dict)
 
@@ -77,16 +79,6 @@ class StopSwitch:
             self.ctx.stop_requested = True
 
 
-@attrs.frozen
-class RunCheck:
-    """What a dry run found: the dataset's size and the batch plan."""
-
-    train_examples: int
-    test_examples: int
-    skipped_lines: int
-    plan: BatchPlan
-
-
 def default_run_dir(config: TrainConfig) -> Path:
     if config.log_dir is not None:
         return Path(config.log_dir)
@@ -97,30 +89,15 @@ def resume_command(run_dir: Path) -> str:
     return f"python -m crucible.run --resume {shlex.quote(str(run_dir))}"
 
 
-def dataset_store(config: TrainConfig) -> TaskDatasetStore | JsonlDatasetStore:
-    if config.dataset == "default":
-        tasks = cast("tuple[TaskName, ...]", config.tasks)  # checked by TrainConfig
-        return TaskDatasetStore(tasks=tasks, shuffle_seed=config.seed)
-    return JsonlDatasetStore(
-        config.dataset,
-        config.test_dataset,
-        test_fraction=config.test_fraction,
-        skip_bad_lines=config.skip_bad_lines,
-        seed=config.seed,
+def resume_advice(run_dir: Path) -> str:
+    """What to tell a user whose run stopped: the resume command when there is a checkpoint to
+    continue from, else that a resume cannot help."""
+    if resume_point_of(run_dir) is not None:
+        return f"resume with: {resume_command(run_dir)}"
+    return (
+        "there is no checkpoint to resume from; run it again with "
+        f"behavior_if_exists=delete log_dir={shlex.quote(str(run_dir))}"
     )
-
-
-def check_run(config: TrainConfig) -> RunCheck:
-    """Check everything that can be checked without training: the backend's prerequisites,
-    the dataset (every line), the batch plan and the recipe's adapters.
-
-    Raises BackendUnavailable, DatasetError, MissingAdapters or ValueError."""
-    check_backend(config)
-    store = dataset_store(config)
-    splits = store.load_sync()
-    plan = BatchPlan(len(splits.train), config.batch_size, config.epochs, config.max_steps)
-    check_adapters(SL_BASIC, {"training_client": config.backend, "dataset_store": store})
-    return RunCheck(len(splits.train), len(splits.test), splits.skipped_lines, plan)
 
 
 def _no_one_to_ask(_run_dir: Path) -> str:
@@ -137,11 +114,12 @@ def prepare_run_dir(
     """Check the backend, apply behavior_if_exists (``ask`` answers "resume", "delete" or
     "raise" for ``ask``); returns whether the run resumes. Writes config.json.
 
-    Raises BackendUnavailable before anything is written, or RunDirExists."""
+    Raises BackendUnavailable, NothingToResume or RunDirExists before anything is written.
+    (``check_run`` checks more, the dataset included: call it first.)"""
     check_backend(config)
     files = run_dir_files(run_dir)
-    if resume and not files.used():
-        raise RunDirExists(f"--resume {run_dir}: there is no run to resume there")
+    if resume:
+        check_resumable(run_dir)
     if files.used() and not resume:
         behavior: str = config.behavior_if_exists
         if behavior == "ask":
@@ -183,14 +161,20 @@ async def execute_run(
     reporter: ProgressReporter,
     handle_signals: bool = True,
     stop_switch: StopSwitch | None = None,
+    dataset: DatasetSplits | None = None,
 ) -> RunOutcome:
     """Run sl_basic in ``run_dir`` (created and holding config.json) and write summary.json.
 
     ``stop_switch.request()`` asks the run to stop as Ctrl-C does (SIGINT is watched unless
-    ``handle_signals`` is False)."""
+    ``handle_signals`` is False). ``dataset``: the splits ``check_run`` loaded (else the
+    run loads them). A resumed run first removes the temporary files that a killed write left.
+    """
     files = run_dir_files(run_dir)
+    stale = remove_stale_temporaries(run_dir) if resume else []
+    if stale:
+        reporter.print(f"removed {len(stale)} stale temporary files left by a killed run")
     state = SLState(run_id=run_dir.name, resume=resume)
-    outcome = RunOutcome("failed", run_dir, state.run_id)
+    outcome = RunOutcome("failed", run_dir, state.run_id, stale_temporaries_removed=len(stale))
     switch = stop_switch if stop_switch is not None else StopSwitch()
     started = time.perf_counter()
     files.repair_tails()
@@ -200,7 +184,8 @@ async def execute_run(
             if handle_signals:
                 tasks.start_soon(_watch_interrupts, switch, reporter)
             try:
-                await _run_sl_basic(config, files, rt, state, switch, outcome)
+                store = dataset_store(config) if dataset is None else PreloadedDatasetStore(dataset)
+                await _run_sl_basic(config, files, rt, state, switch, outcome, store)
             finally:
                 tasks.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # task groups wrap errors: report the one that happened
@@ -210,7 +195,8 @@ async def execute_run(
             outcome.error = f"{type(error).__name__}: {error}"
         if error is group:
             raise
-        raise error from None
+        # Without the group as its context, but with its own cause (what bad_input_in reads).
+        raise error from error.__cause__
     finally:
         telemetry.close()
         outcome.resumed_from = state.resumed_from
@@ -229,12 +215,13 @@ async def _run_sl_basic(
     state: SLState,
     switch: StopSwitch,
     outcome: RunOutcome,
+    dataset: DatasetStore,
 ) -> None:
     store = JsonlMetricsStore(files.metrics)
     try:
         if state.resume:
             # Steps after the checkpoint the run resumes from are trained (and recorded) again.
-            point = latest_state_checkpoint(files.run_dir)
+            point = resume_point_of(files.run_dir)
             truncation = await store.truncate_after(point.batch if point else -1)
             state.recorded_at_resume = truncation.at_step
         # The summary covers the whole run: what earlier runs in this directory recorded too.
@@ -249,7 +236,7 @@ async def _run_sl_basic(
                     config,
                     {
                         "training_client": handles.training_client,
-                        "dataset_store": dataset_store(config),
+                        "dataset_store": dataset,
                         "metrics_store": store,
                         "checkpoint_store": handles.checkpoint_store,
                         "model_registry": handles.model_registry,

@@ -21,14 +21,17 @@ from crucible.run import main
 from .run_kit import tiny_overrides
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-BAD_LINES = [
-    "not json at all",
-    json.dumps({"messages": [{"role": "robot", "content": "beep"}]}),
-    json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
-    json.dumps({"messages": []}),
-    json.dumps({"text": "no messages key"}),
-    json.dumps({"messages": [{"role": "assistant", "content": 3}]}),
+# Each bad line, and the words that name its problem.
+BAD_LINES_AND_PROBLEMS = [
+    ("not json at all", "not valid JSON"),
+    ('{"messages": [', "not valid JSON"),
+    (json.dumps({"messages": [{"role": "robot", "content": "beep"}]}), "not a conversation"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "no assistant message"),
+    (json.dumps({"messages": []}), "messages is empty"),
+    (json.dumps({"text": "no messages key"}), "missing required field `messages`"),
+    (json.dumps({"messages": [{"role": "assistant", "content": 3}]}), "not a conversation"),
 ]
+BAD_LINES = [line for line, _ in BAD_LINES_AND_PROBLEMS]
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -36,13 +39,25 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bad", BAD_LINES)
-def test_a_bad_line_is_named_by_file_and_line_number(tmp_path: Path, bad: str) -> None:
+@pytest.mark.parametrize(("bad", "problem"), BAD_LINES_AND_PROBLEMS)
+def test_a_bad_line_is_named_by_file_and_line_number(
+    tmp_path: Path, bad: str, problem: str
+) -> None:
     path = _write(tmp_path / "data.jsonl", [json.dumps(GOOD), "", bad, json.dumps(GOOD)])
     with pytest.raises(DatasetError) as caught:
         read_conversations(path)
-    assert f"{path}:3: not a conversation" in str(caught.value)
+    assert str(caught.value).startswith(f"{path}:3: ")
+    assert problem in str(caught.value)
     assert "skip_bad_lines" in str(caught.value)
+
+
+def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n" + good.replace(b"hi", b"h\xffi") + b"\n")
+    with pytest.raises(DatasetError, match=r":2: bytes that are not UTF-8 text \(at byte 45\)"):
+        read_conversations(path)
+    assert len(read_conversations(path, skip_bad_lines=True).skipped) == 1
 
 
 def test_skip_bad_lines_skips_and_counts_them(tmp_path: Path) -> None:
@@ -95,9 +110,10 @@ def test_the_cli_names_the_bad_line_and_skip_bad_lines_counts_it(
     lines = train.read_text().splitlines()
     _write(train, [*lines[:4], "{oops", *lines[4:]])
     assert main([*overrides, "--quiet"]) == 2
-    assert f"{train}:5: not a conversation" in capsys.readouterr().err
+    assert f"{train}:5: not valid JSON" in capsys.readouterr().err
 
     overrides = tiny_overrides(tmp_path, tmp_path / "run2", max_steps=2, skip_bad_lines=True)
     _write(train, [*lines[:4], "{oops", *lines[4:]])
     assert main([*overrides, "--quiet"]) == 0
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["skipped_lines"] == 1
+    assert "dataset: 1 bad lines skipped" in capsys.readouterr().out

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from crucible.recipes import ProgressReporter, StopSwitch, execute_run, load_config, prepare_run_dir
-from crucible.recipes.sl_basic._stages import Evaluate
+from crucible.recipes.sl_basic._stages import BuildDataset, Evaluate
 from crucible.run import main
 from crucible.telemetry import attach, detach
 
@@ -241,3 +241,19 @@ def test_a_crash_exits_1_with_the_error_and_the_resume_command_and_resume_finish
     monkeypatch.setattr(Evaluate, "run", original)
     assert main(["--resume", str(run_dir), "--quiet"]) == 0
     _assert_like_reference(run_dir, reference)
+
+
+def test_a_crash_before_any_checkpoint_advises_no_resume_and_a_resume_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def crash(self: BuildDataset, ctx: Any) -> None:
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(BuildDataset, "run", crash)  # before the first step
+    run_dir = tmp_path / "run"
+    assert main([*tiny_overrides(tmp_path, run_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the GPU caught fire" in err and "--resume" not in err
+    assert "there is no checkpoint to resume from" in err
+    assert main(["--resume", str(run_dir), "--quiet"]) == 2
+    assert "ended without a checkpoint to continue from" in capsys.readouterr().err

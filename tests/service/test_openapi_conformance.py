@@ -27,20 +27,20 @@ PHASES = "examples,coverage,fuzzing"
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     tokens = TokenStore(tmp_path / "tokens.db")
     token = tokens.create("schemathesis")
     store = SqliteMetricsStore(tmp_path / "metrics.db", durable=True)
     try:
         with service_in_thread(store, tokens=tokens, config=ServiceConfig(rate_limit=0)) as url:
-            yield url, token
+            yield url, token, tmp_path
     finally:
         store.sync.close()
         tokens.close()
 
 
-def test_schemathesis_with_all_checks_finds_nothing(served: tuple[str, str]) -> None:
-    url, token = served
+def test_schemathesis_with_all_checks_finds_nothing(served: tuple[str, str, Path]) -> None:
+    url, token, directory = served
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [
@@ -63,13 +63,16 @@ def test_schemathesis_with_all_checks_finds_nothing(served: tuple[str, str]) -> 
         text=True,
         timeout=240,
         check=False,
+        cwd=directory,  # its .schemathesis cache goes there, not into the checkout
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout
 
 
-def test_the_document_declares_what_the_server_enforces(served: tuple[str, str]) -> None:
-    url, _ = served
+def test_the_document_declares_what_the_server_enforces(
+    served: tuple[str, str, Path],
+) -> None:
+    url, _, _ = served
     document = httpx.get(f"{url}/api/v1/openapi.json").json()
     paths = document["paths"]
     assert paths["/healthz"]["get"]["security"] == []

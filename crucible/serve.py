@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from crucible.service import ServiceConfig, TokenStore, create_app
+from crucible.service import ServiceConfig, TokenStore, create_app, server_config
 
 DEFAULT_TOKENS = "crucible-tokens.db"
 
@@ -47,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=256,
         help="messages a WebSocket may lag before it is dropped",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send its request headers (then it is closed)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request has to send its body after the headers",
     )
     parser.add_argument("--log-level", default="warning")
     commands = parser.add_subparsers(dest="command")
@@ -112,19 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_burst=args.rate_burst,
         max_body_bytes=args.max_body_bytes,
         ws_queue=args.ws_queue,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
     app = create_app(args.store, tokens=tokens, config=config)
     print(
         f"crucible metric service on http://{args.host}:{args.port}/", file=sys.stderr, flush=True
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        ws="websockets-sansio",
-        access_log=False,
-    )
+    uvicorn.Server(
+        server_config(app, host=args.host, port=args.port, log_level=args.log_level)
+    ).run()
     return 0
 
 

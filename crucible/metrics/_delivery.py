@@ -50,14 +50,19 @@ class Delivery:
     def online(self) -> bool:
         return self._backoff == 0.0
 
+    def done(self, ticket: int) -> bool:
+        """Whether records up to `ticket`, and what an earlier process left, were delivered."""
+        return self.sent >= ticket and not self._spool.backlog
+
     def wait(self, ticket: int, failures: int, timeout: float | None = None) -> bool:
-        """Block until records up to `ticket` reached the server (True), or an attempt
-        failed after `failures` attempts had (False: they wait in the spool), or `timeout`."""
+        """Block until records up to `ticket` (and an earlier process's leftovers) reached
+        the server (True), or an attempt failed after `failures` attempts had (False: they
+        wait in the spool), or `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._retry_at = 0.0  # someone is waiting: try now, not after the backoff
             self._cond.notify_all()
-            while self.sent < ticket:
+            while not self.done(ticket):
                 if self.failures > failures or not self._thread.is_alive():
                     return False
                 remaining = None if deadline is None else deadline - time.monotonic()

@@ -117,8 +117,9 @@ class RemoteMetricsStore(StoreAdapter):
     # -- delivery ---------------------------------------------------------------------------
 
     def _deliver(self, ticket: int, timeout: float | None = None) -> bool:
-        """Block until records up to `ticket` reached the server (True), or a delivery
-        attempt after this call failed once they were durable in the spool (False)."""
+        """Block until records up to `ticket`, and whatever an earlier process left in the
+        spool, reached the server (True), or a delivery attempt after this call failed once
+        they were durable in the spool (False)."""
         failures = self._delivery.failures
         self._writer.wait(ticket, durable=True)
         return self._delivery.wait(ticket, failures, timeout)
@@ -128,7 +129,7 @@ class RemoteMetricsStore(StoreAdapter):
         is away), then run a blocking request in a worker thread."""
         self._check_open()
         ticket = self._writer.enqueued
-        if self._delivery.sent < ticket:
+        if not self._delivery.done(ticket):
             await anyio.to_thread.run_sync(
                 functools.partial(self._deliver, ticket), abandon_on_cancel=True
             )

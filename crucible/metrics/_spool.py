@@ -58,6 +58,9 @@ class Spool:
         self.entries: deque[SpoolEntry] = deque()
         self.accepted = 0  # writer tickets spooled so far by this process
         self._recover()
+        # Requests an earlier process left (they come first): flush() and close() deliver
+        # them too, though no ticket of this process waits for them.
+        self.backlog = len(self.entries)
 
     def _recover(self) -> None:
         acked_text = os.pread(self._ack_fd, 32, 0).strip()
@@ -130,6 +133,8 @@ class Spool:
 
     def ack(self) -> SpoolEntry:
         entry = self.entries.popleft()
+        if self.backlog:
+            self.backlog -= 1
         if not self.entries:
             self._reset()
         else:

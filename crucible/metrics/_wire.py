@@ -58,8 +58,10 @@ def encode_requests(
 ) -> list[tuple[str, bytes]]:
     """(idempotency key, body) per request: one run per request, at most `batch_size` points.
 
-    A caller's key is extended with the part number, so re-sending the same keyed batch
-    produces the same keys and the server stores each part once.
+    A caller's key is extended with the part's number within its run (the service scopes
+    keys per token and run), so re-sending the same keyed batch produces the same keys and
+    the server stores each part once, while the same key used for another run is that
+    run's own.
     """
     by_run: dict[str, list[_WirePoint]] = {}
     for r in records:
@@ -68,8 +70,8 @@ def encode_requests(
         )
     parts: list[tuple[str, bytes]] = []
     for run_id, points in by_run.items():
-        for start in range(0, len(points), batch_size):
+        for number, start in enumerate(range(0, len(points), batch_size)):
             body = _encode(_WireBatch(run_id, points[start : start + batch_size]))
-            part_key = uuid.uuid4().hex if key is None else f"{key}#{len(parts)}"
+            part_key = uuid.uuid4().hex if key is None else f"{key}#{number}"
             parts.append((part_key, body))
     return parts

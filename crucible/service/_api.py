@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,16 +23,24 @@ from crucible.metrics import (
 
 from ._config import ServiceConfig
 from ._errors import ApiError, json_response
-from ._guard import WS_SUBPROTOCOL
+from ._guard import WS_SUBPROTOCOL, token_of
+from ._idempotency import IdempotencyLedger, KeyState, check_key
 from ._prometheus import ServiceStats
-from ._schema import BatchIn, SystemBatchIn, decode_error_location
+from ._schema import (
+    MAX_METADATA_DEPTH,
+    BatchIn,
+    SystemBatchIn,
+    decode_error_location,
+    metadata_depth,
+    whole_step,
+)
 from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
 
 __all__ = ["SYSTEM_PREFIX", "Api"]
 
 SYSTEM_PREFIX = "system/"
-_RECENT_KEYS = 100_000  # idempotency keys remembered to keep retries out of the live stream
 LIVE_WINDOW = timedelta(seconds=60)  # a run that logged this recently shows as "live"
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 _decode_batch = msgspec.json.Decoder(BatchIn).decode
 _decode_system = msgspec.json.Decoder(SystemBatchIn).decode
 _encode = msgspec.json.encode
@@ -45,7 +54,24 @@ def _invalid(error: InvalidRecord) -> ApiError:
     )
 
 
-def _decode(decoder: Any, body: bytes) -> Any:
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def _json_body(request: Request, decoder: Any) -> Any:
+    """The request body decoded by `decoder`: 415 unless it is declared JSON, 400 if it is
+    not JSON, 422 if it is the wrong shape or nests too deeply."""
+    content_type = request.headers.get("content-type")
+    if not _is_json(content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the body as 'Content-Type: application/json', got {content_type!r}"[:200],
+        )
+    body = await request.body()
     try:
         return decoder(body)
     except msgspec.ValidationError as error:
@@ -55,6 +81,20 @@ def _decode(decoder: Any, body: bytes) -> Any:
         ) from None
     except msgspec.DecodeError as error:
         raise ApiError(400, "malformed_json", str(error)) from None
+    except RecursionError:  # msgspec's own limit on nesting, far deeper than ours
+        raise _too_deep(None) from None
+
+
+def _too_deep(index: int | None) -> ApiError:
+    return ApiError(
+        422,
+        "invalid_record",
+        {
+            "index": index,
+            "field": "metadata",
+            "problem": f"nested more than {MAX_METADATA_DEPTH} levels deep",
+        },
+    )
 
 
 def _run_id(request: Request | WebSocket) -> str:
@@ -68,12 +108,9 @@ def _int_param(request: Request, name: str, default: int | None, low: int, high:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(
-            422, "invalid_parameter", f"{name} must be an integer, got {raw!r}"
-        ) from None
+    if not _INTEGER.fullmatch(raw):  # int() would also take "1_000", " 7" or Arabic-Indic digits
+        raise ApiError(422, "invalid_parameter", f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ApiError(
             422, "invalid_parameter", f"{name} must be between {low} and {high}, got {value}"
@@ -85,9 +122,9 @@ def _time_param(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+    try:  # RFC 3339, as the OpenAPI document's format "date-time" (and bodies) say
+        moment = msgspec.convert(raw, datetime)
+    except msgspec.ValidationError:
         moment = None
     if moment is None or moment.utcoffset() is None:
         raise ApiError(
@@ -114,12 +151,12 @@ class Api:
         self.config = config
         self.stats = stats
         self.broadcaster = broadcaster
-        self._recent_keys: dict[str, None] = {}  # insertion-ordered: the oldest goes first
+        self._ledger = IdempotencyLedger()
 
     # -- writes ---------------------------------------------------------------------------
 
     async def post_batch(self, request: Request) -> Response:
-        batch: BatchIn = _decode(_decode_batch, await request.body())
+        batch: BatchIn = await _json_body(request, _decode_batch)
         self._check_batch_size(len(batch.metrics))
         try:
             run_id = check_run_id(batch.run_id)
@@ -130,6 +167,8 @@ class Api:
         names_ok: set[str] = set()  # a batch repeats a few names: check each once
         try:
             for index, point in enumerate(batch.metrics):
+                if point.metadata and metadata_depth(point.metadata) > MAX_METADATA_DEPTH:
+                    raise _too_deep(index)
                 try:
                     if point.metric not in names_ok:
                         names_ok.add(check_metric_name(point.metric))
@@ -138,7 +177,7 @@ class Api:
                             run_id,
                             point.metric,
                             point.value,
-                            point.step,
+                            whole_step(point.step),
                             now if point.timestamp is None else point.timestamp,
                             point.metadata or {},
                         )
@@ -147,11 +186,11 @@ class Api:
                     raise error.at_index(index) from None
         except InvalidRecord as error:
             raise _invalid(error) from None
-        return await self._store(run_id, records, request)
+        return await self._store(run_id, records, request, batch)
 
     async def post_system_batch(self, request: Request) -> Response:
         run_id = _run_id(request)
-        batch: SystemBatchIn = _decode(_decode_system, await request.body())
+        batch: SystemBatchIn = await _json_body(request, _decode_system)
         self._check_batch_size(len(batch.metrics))
         now = datetime.now(UTC)
         records: list[MetricRecord] = []
@@ -162,7 +201,7 @@ class Api:
                 records.append(MetricRecord(run_id, name, point.value, None, ts))
             except InvalidRecord as error:
                 raise _invalid(error.at_index(index)) from None
-        return await self._store(run_id, records, request)
+        return await self._store(run_id, records, request, batch)
 
     def _check_batch_size(self, count: int) -> None:
         if count > self.config.max_batch:
@@ -172,25 +211,27 @@ class Api:
                 {"limit": self.config.max_batch, "got": count, "problem": "split the batch"},
             )
 
-    async def _store(self, run_id: str, records: list[MetricRecord], request: Request) -> Response:
-        key = request.headers.get("idempotency-key")
-        if key is not None and (not key or len(key) > 200 or not key.isprintable()):
-            raise ApiError(
-                422, "invalid_parameter", "Idempotency-Key must be 1-200 printable characters"
-            )
-        await self.store.record_many(records, idempotency_key=key)
+    async def _store(
+        self, run_id: str, records: list[MetricRecord], request: Request, batch: object
+    ) -> Response:
+        key = check_key(request.headers.get("idempotency-key"))
+        state = KeyState.NEW
         if key is not None:
-            # The store ignores a key it has seen, silently; a retry answered here before
-            # is not pushed or counted twice (one seen before this process is, rarely).
-            if key in self._recent_keys:
-                return json_response({"run_id": run_id, "accepted": len(records)})
-            self._recent_keys[key] = None
-            if len(self._recent_keys) > _RECENT_KEYS:
-                del self._recent_keys[next(iter(self._recent_keys))]
-        self.stats.count_ingest(len(records))
-        if records and self.broadcaster.has_subscribers(run_id):
-            message = _encode({"run_id": run_id, "points": records})
-            self.broadcaster.publish(run_id, message)
+            token = token_of(request.scope).name
+            store_key, state = self._ledger.claim(token, run_id, key, batch)
+            try:
+                await self.store.record_many(records, idempotency_key=store_key)
+            except BaseException:
+                if state is KeyState.NEW:
+                    self._ledger.forget(token, run_id, key)
+                raise
+        else:
+            await self.store.record_many(records)
+        if state is KeyState.NEW:  # a retry was stored (and pushed) the first time
+            self.stats.count_ingest(len(records))
+            if records and self.broadcaster.has_subscribers(run_id):
+                message = _encode({"run_id": run_id, "points": records})
+                self.broadcaster.publish(run_id, message)
         return json_response({"run_id": run_id, "accepted": len(records)})
 
     async def delete_run(self, request: Request) -> Response:
@@ -233,6 +274,11 @@ class Api:
     async def read_metrics(self, request: Request) -> Response:
         run_id = _run_id(request)
         metric = request.query_params.get("metric")
+        if metric is not None:
+            try:
+                check_metric_name(metric)
+            except InvalidRecord as error:
+                raise ApiError(422, "invalid_parameter", f"metric {error.problem}") from None
         big = 2**63 - 1
         step_min = _int_param(request, "step_min", None, 0, big)
         step_max = _int_param(request, "step_max", None, 0, big)

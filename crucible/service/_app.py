@@ -41,10 +41,6 @@ async def _http_error(request: Any, exc: Exception) -> Response:
     return json_response({"error": code, "detail": exc.detail}, exc.status_code, exc.headers)
 
 
-async def _server_error(request: Any, exc: Exception) -> Response:
-    return json_response({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"[:500]}, 500)
-
-
 def create_app(
     store: MetricsStore | str,
     *,
@@ -90,7 +86,7 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     async def openapi(request: Request) -> Response:
-        return json_response(openapi_document())
+        return json_response(openapi_document(config))
 
     v1 = "/api/v1"
     routes = [
@@ -116,10 +112,11 @@ def create_app(
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
-            Exception: _server_error,
+            # Any other exception is answered by Guard: a generic 500 with a request id.
         },
     )
-    app.add_middleware(Guard, tokens=tokens, config=config, stats=stats)
+    app.add_middleware(Guard, tokens=tokens, config=config, stats=stats, routes=routes)
+    app.state.config = config
     app.state.stats = stats
     app.state.broadcaster = broadcaster
     return app

@@ -16,6 +16,9 @@ class ServiceConfig:
     - `max_batch`: points per `POST /metrics/batch` (more get 413).
     - `ws_queue`: messages a WebSocket subscriber may fall behind before it is dropped.
     - `max_page`: the largest `limit` (and `max_points`) a read accepts.
+    - `header_timeout`: seconds a connection has to send a request's headers (from when
+      it opened or the last response ended); `body_timeout`: seconds, from the end of the
+      headers, to send the body. A connection that misses either is closed.
     """
 
     rate_limit: float = 200.0
@@ -24,3 +27,5 @@ class ServiceConfig:
     max_batch: int = 1000
     ws_queue: int = 256
     max_page: int = 10_000
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0

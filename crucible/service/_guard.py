@@ -1,20 +1,31 @@
-"""The ASGI middleware in front of every route: auth, rate limit, body limit, request counts.
+"""The ASGI middleware in front of every route: auth, rate limit, body limit, request counts,
+and the last word on unexpected errors.
 
 It runs before routing so that a request without a valid token learns nothing about which
-routes or runs exist, and a body over the limit is refused before it is read.
+routes or runs exist, and a body over the limit is refused before it is read. It still
+matches the route (without calling it) so every response, 401s included, is counted under
+the route's name: label values come from a fixed set, never from the request.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import sqlite3
+import uuid
+from collections.abc import Sequence
 
+import anyio.to_thread
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import ServiceConfig
-from ._errors import ApiError
+from ._errors import ApiError, json_response
 from ._prometheus import ServiceStats
 from ._ratelimit import RateLimiter
 from ._tokens import TokenInfo, TokenStore
+
+_log = logging.getLogger("crucible.service")
 
 __all__ = ["WS_SUBPROTOCOL", "Guard", "token_of"]
 
@@ -61,8 +72,10 @@ class Guard:
         tokens: TokenStore | None,
         config: ServiceConfig,
         stats: ServiceStats,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
+        self.routes = routes
         self.tokens = tokens
         self.config = config
         self.stats = stats
@@ -78,7 +91,33 @@ class Guard:
         else:
             await self.app(scope, receive, send)
 
-    def _admit(self, scope: Scope) -> None:
+    def _route_name(self, scope: Scope) -> str:
+        """The name of the route `scope` would reach (whatever its method), or "unmatched"."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "name", None) or "unmatched")
+        return "unmatched"
+
+    async def _lookup(self, token: str) -> TokenInfo | None:
+        """The token's owner. A cache miss reads SQLite in a worker thread: a locked token
+        database delays the requests that need it, never the event loop."""
+        assert self.tokens is not None
+        hit, info = self.tokens.cached(token)
+        if hit:
+            return info
+        try:
+            return await anyio.to_thread.run_sync(self.tokens.lookup, token)
+        except sqlite3.OperationalError:  # locked past the busy timeout, or unreadable
+            _log.exception("token database unavailable")
+            raise ApiError(
+                503,
+                "token_database_unavailable",
+                "the token database is busy; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def _admit(self, scope: Scope) -> None:
         """Raise `ApiError` unless the request may go on; records the token in the scope."""
         path: str = scope["path"]
         if path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES):
@@ -98,7 +137,7 @@ class Guard:
                     "`python -m crucible.serve token create --name NAME`)",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            found = self.tokens.lookup(token)
+            found = await self._lookup(token)
             if found is None:
                 raise ApiError(
                     401,
@@ -122,16 +161,18 @@ class Guard:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
+        started = False
 
         async def send_counted(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
+        route = self._route_name(scope)
         try:
             try:
-                self._admit(scope)
+                await self._admit(scope)
                 limit = self.config.max_body_bytes
                 length = _header(scope, b"content-length")
                 if length is not None and length.isdigit() and int(length) > limit:
@@ -140,14 +181,30 @@ class Guard:
                 await error.response()(scope, receive, send_counted)
                 return
             await self.app(scope, _limited(receive, limit), send_counted)
+        except ClientDisconnect:
+            status = 499  # the client left (or was closed for sending too slowly): no answer
+        except Exception:
+            # Never the exception's text to the client: a request id it can quote, which
+            # the log line (with the traceback) carries too. Answering here, instead of
+            # letting the error reach the server, also keeps the connection alive.
+            request_id = uuid.uuid4().hex
+            _log.exception(
+                "internal error, request id %s: %s %s", request_id, scope["method"], route
+            )
+            if started:
+                return  # the response is under way: the server closes the connection
+            response = json_response(
+                {"error": "internal", "detail": "internal server error", "request_id": request_id},
+                500,
+                {"X-Request-Id": request_id},
+            )
+            await response(scope, receive, send_counted)
         finally:
-            endpoint: Any = scope.get("endpoint")
-            route = getattr(endpoint, "__name__", "unmatched")
             self.stats.count_request(scope["method"], route, status)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._admit(scope)
+            await self._admit(scope)
         except ApiError as error:
             # Refuse the handshake with a real HTTP status where the server supports it.
             if "websocket.http.response" in scope.get("extensions", {}):
@@ -163,9 +220,9 @@ class Guard:
                 await send({"type": "websocket.http.response.body", "body": response.body})
             else:
                 await send({"type": "websocket.close", "code": 4000 + error.status})
-            self.stats.count_request("WS", "ws_metrics", error.status)
+            self.stats.count_request("WS", self._route_name(scope), error.status)
             return
-        self.stats.count_request("WS", "ws_metrics", 101)
+        self.stats.count_request("WS", self._route_name(scope), 101)
         await self.app(scope, receive, send)
 
 

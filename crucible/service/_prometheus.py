@@ -7,6 +7,10 @@ from collections import Counter, deque
 
 __all__ = ["ServiceStats"]
 
+# Label values must come from a fixed set: a method copied from the request would let anyone
+# create series without end. Every other method is counted as "OTHER".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WS"})
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -30,6 +34,8 @@ class ServiceStats:
         self._recent: deque[tuple[float, int]] = deque()
 
     def count_request(self, method: str, route: str, status: int) -> None:
+        """Count one response; `route` must be a route's name (or "unmatched")."""
+        method = method if method in _METHODS else "OTHER"
         labels = (("method", method), ("route", route), ("status", str(status)))
         self.requests[labels] += 1
         if status >= 400:

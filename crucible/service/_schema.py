@@ -8,7 +8,20 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["BatchIn", "PointIn", "decode_error_location"]
+from crucible.metrics import InvalidRecord
+
+__all__ = [
+    "MAX_METADATA_DEPTH",
+    "BatchIn",
+    "PointIn",
+    "decode_error_location",
+    "metadata_depth",
+    "whole_step",
+]
+
+# Metadata describes a point (a tag, a config excerpt); deeper nesting is refused with 422,
+# well before anything downstream (JSON encoders, the database) would hit a recursion limit.
+MAX_METADATA_DEPTH = 32
 
 
 class PointIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -16,7 +29,9 @@ class PointIn(msgspec.Struct, forbid_unknown_fields=True):
 
     metric: str
     value: float
-    step: int | None = None
+    # JSON has one number type: 7.0 is the integer 7 to JSON Schema (and to the OpenAPI
+    # document), so a whole float is taken as a step; 7.5 is refused (`whole_step`).
+    step: int | float | None = None
     timestamp: datetime | None = None
     metadata: dict[str, Any] | None = None
 
@@ -47,3 +62,29 @@ def decode_error_location(message: str) -> tuple[int | None, str | None]:
     if match is None:
         return None, None
     return int(match.group(1)), match.group(2)
+
+
+def metadata_depth(value: Any, limit: int = MAX_METADATA_DEPTH) -> int:
+    """How deeply `value` nests lists and dicts (0 for a scalar), counted without recursion;
+    the count stops just past `limit`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def whole_step(step: int | float | None) -> int | None:
+    """`step` as an int; `InvalidRecord` for a float with a fractional part."""
+    if type(step) is float:
+        if not step.is_integer():
+            raise InvalidRecord("step", f"must be a whole number, got {step!r}")
+        return int(step)
+    return step  # type: ignore[return-value]

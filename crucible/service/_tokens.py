@@ -81,15 +81,27 @@ class TokenStore:
             ).fetchall()
         return [TokenInfo(name, bool(read_only), created) for name, read_only, created in rows]
 
-    def lookup(self, token: str) -> TokenInfo | None:
-        """The token's owner, or None for an unknown token (answers are cached briefly)."""
+    def cached(self, token: str) -> tuple[bool, TokenInfo | None]:
+        """(True, owner) when the answer is known without touching the database: a recent
+        lookup, or a string that cannot be a token; (False, None) otherwise."""
         if not token.startswith(_PREFIX) or len(token) > 100:
-            return None
+            return True, None
+        cached = self._cache.get(_digest(token))
+        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
+            return True, cached[1]
+        return False, None
+
+    def lookup(self, token: str) -> TokenInfo | None:
+        """The token's owner, or None for an unknown token (answers are cached briefly).
+
+        Blocking (SQLite, up to the busy timeout when another process holds a write lock):
+        the server calls it from a worker thread. `sqlite3.OperationalError` when the
+        database stays locked.
+        """
+        hit, info = self.cached(token)
+        if hit:
+            return info
         digest = _digest(token)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < _CACHE_SECONDS:
-            return cached[1]
         with self._lock:
             row = self._db.execute(
                 "SELECT name, read_only, created FROM tokens WHERE digest = ?", (digest,)
@@ -97,7 +109,7 @@ class TokenStore:
         info = None if row is None else TokenInfo(row[0], bool(row[1]), row[2])
         if len(self._cache) > 10_000:  # unknown tokens must not grow the cache forever
             self._cache.clear()
-        self._cache[digest] = (now, info)
+        self._cache[digest] = (time.monotonic(), info)
         return info
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from crucible.metrics import MetricsStore
-from crucible.service import ServiceConfig, TokenStore, create_app
+from crucible.service import ServiceConfig, TokenStore, create_app, server_config
 
 from ._ports import free_port
 
@@ -29,7 +29,7 @@ def service_in_thread(
     port = free_port()
     app = create_app(store, tokens=tokens, config=config)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, name=f"crucible-serve:{port}", daemon=True)
     thread.start()

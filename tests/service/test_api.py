@@ -101,7 +101,8 @@ def test_one_bad_point_rejects_the_batch_naming_index_and_field(
     ],
 )
 def test_malformed_json_is_400_and_stores_nothing(svc: Service, body: bytes) -> None:
-    response = svc.client.post("/api/v1/metrics/batch", content=body, headers=svc.auth())
+    headers = {**svc.auth(), "Content-Type": "application/json"}
+    response = svc.client.post("/api/v1/metrics/batch", content=body, headers=headers)
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_json"
     assert stored(svc) == []
@@ -128,7 +129,11 @@ def test_body_over_the_size_limit_is_413(tmp_path: Path) -> None:
         assert response.json()["detail"]["limit_bytes"] == 1000
         # A chunked body (no Content-Length) is cut off as it streams in.
         chunks = iter([b'{"run_id":"run-1","metrics":[', b" " * 2000, b"]}"])
-        response = svc.client.post("/api/v1/metrics/batch", content=chunks, headers=svc.auth())
+        response = svc.client.post(
+            "/api/v1/metrics/batch",
+            content=chunks,
+            headers={**svc.auth(), "Content-Type": "application/json"},
+        )
         assert response.status_code == 413
         assert stored(svc) == []
 

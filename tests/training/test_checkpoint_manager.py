@@ -304,9 +304,9 @@ def test_prune_rule_property(
     before, after = anyio.run(scenario)
     scored = [r for r in before if "loss" in r.metrics]
     sign = 1 if mode == "min" else -1
-    best = sorted(scored, key=lambda r: sign * r.metrics["loss"])[:keep]
+    best = sorted(scored, key=lambda r: sign * r.metrics["loss"])[: max(keep, 1)]
     expected = {r.name for r in before if "loss" not in r.metrics} | {r.name for r in best}
-    expected.add(before[0].name)  # the latest state checkpoint always stays
+    expected.add(before[0].name)  # the latest (also the resume point) always stays
     if not scored:
         expected = {r.name for r in before}
     assert {r.name for r in after} == expected

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tinker import types
 
@@ -279,6 +279,7 @@ def test_checkpoints_jsonl_stays_valid_after_sigkill_during_saves(tmp_path: Path
     keep=st.integers(0, 5),
     mode=st.sampled_from(["min", "max"]),
 )
+@example(losses=[1.0, 3.0], keep=0, mode="min")  # the best is not the latest: keep=0 keeps it
 @settings(max_examples=25, deadline=None)
 def test_prune_rule_property(
     tmp_path_factory: pytest.TempPathFactory, losses: list[float | None], keep: int, mode: str

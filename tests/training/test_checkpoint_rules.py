@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tinker import types
 
@@ -163,7 +163,7 @@ operations = st.lists(
     st.one_of(
         st.tuples(
             st.just("save"),
-            st.integers(0, 15),
+            st.integers(0, 8),
             st.one_of(st.none(), st.floats(0, 5, allow_nan=False)),
             st.sampled_from(["state", "sampler", "both"]),
         ),
@@ -175,7 +175,18 @@ operations = st.lists(
 
 
 @given(ops=operations, limit=st.one_of(st.none(), st.integers(1, 4)))
-@settings(max_examples=40, deadline=None)
+# the cases each rule exists for, always run: the best is the oldest when rotation needs room;
+# a prune with keep=0; the latest is a sampler checkpoint (not the resume point) ranked last
+@example(
+    ops=[("save", 0, 0.1, "state"), ("save", 1, 1.0, "state"), ("save", 2, 2.0, "both")], limit=1
+)
+@example(
+    ops=[("save", 0, 2.0, "state"), ("save", 1, 0.5, "state"), ("prune", 0, "loss")], limit=None
+)
+@example(
+    ops=[("save", 0, 0.1, "state"), ("save", 1, 5.0, "sampler"), ("prune", 0, "loss")], limit=None
+)
+@settings(max_examples=60, deadline=None)
 def test_best_and_latest_survive_any_saves_and_prunes(
     tmp_path_factory: pytest.TempPathFactory,
     ops: list[Save | Prune],

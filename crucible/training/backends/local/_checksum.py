@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from crucible.training.port import CheckpointCorrupt, CheckpointNotFound
 
@@ -30,10 +30,36 @@ TRAILER_SIZE: Final = len(_MAGIC) + 64 + 1 + 20 + 1
 _BLOCK: Final = 1 << 20
 
 
+def _trailer_bytes(digest: str, size: int) -> bytes:
+    return _MAGIC + f"{digest}:{size:020d}\n".encode()
+
+
 def seal(payload: bytes) -> bytes:
     """``payload`` followed by its trailer."""
-    digest = hashlib.sha256(payload).hexdigest()
-    return payload + _MAGIC + f"{digest}:{len(payload):020d}\n".encode()
+    return payload + _trailer_bytes(hashlib.sha256(payload).hexdigest(), len(payload))
+
+
+class SealingWriter:
+    """Passes writes through to ``handle``, hashing and counting them on the way, so a large
+    payload is sealed as it streams out (no copy of it in memory); ``seal()`` then writes the
+    trailer. Hand it to ``torch.save`` as the file."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._size += view.nbytes
+        return self._handle.write(view)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def seal(self) -> None:
+        self._handle.write(_trailer_bytes(self._hash.hexdigest(), self._size))
 
 
 def _trailer(tail: bytes, size: int, what: str) -> tuple[str, int]:
@@ -60,18 +86,18 @@ def _mismatch(what: str, expected: str, actual: str) -> CheckpointCorrupt:
     )
 
 
-def unseal(raw: bytes, what: str) -> bytes:
-    """The payload of the sealed file contents ``raw``, verified; ``what`` names the file in
-    the CheckpointCorrupt that a damaged or truncated file raises."""
+def unseal(raw: bytes, what: str) -> memoryview:
+    """The payload of the sealed file contents ``raw``, verified (a view: no copy); ``what``
+    names the file in the CheckpointCorrupt that a damaged or truncated file raises."""
     digest, size = _trailer(raw[-TRAILER_SIZE:], len(raw), what)
-    payload = raw[:size]
+    payload = memoryview(raw)[:size]
     actual = hashlib.sha256(payload).hexdigest()
     if actual != digest:
         raise _mismatch(what, digest, actual)
     return payload
 
 
-def read_sealed(file: Path, what: str) -> bytes:
+def read_sealed(file: Path, what: str) -> memoryview:
     """Read ``file`` and return its verified payload (CheckpointNotFound if it is missing)."""
     try:
         raw = file.read_bytes()

@@ -34,11 +34,6 @@ def _trailer_bytes(digest: str, size: int) -> bytes:
     return _MAGIC + f"{digest}:{size:020d}\n".encode()
 
 
-def seal(payload: bytes) -> bytes:
-    """``payload`` followed by its trailer."""
-    return payload + _trailer_bytes(hashlib.sha256(payload).hexdigest(), len(payload))
-
-
 class SealingWriter:
     """Passes writes through to ``handle``, hashing and counting them on the way, so a large
     payload is sealed as it streams out (no copy of it in memory); ``seal()`` then writes the

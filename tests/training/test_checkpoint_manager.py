@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tinker import types
 
@@ -279,6 +279,7 @@ def test_checkpoints_jsonl_stays_valid_after_sigkill_during_saves(tmp_path: Path
     keep=st.integers(0, 5),
     mode=st.sampled_from(["min", "max"]),
 )
+@example(losses=[1.0, 3.0], keep=0, mode="min")  # the best is not the latest: keep=0 keeps it
 @settings(max_examples=25, deadline=None)
 def test_prune_rule_property(
     tmp_path_factory: pytest.TempPathFactory, losses: list[float | None], keep: int, mode: str
@@ -304,9 +305,9 @@ def test_prune_rule_property(
     before, after = anyio.run(scenario)
     scored = [r for r in before if "loss" in r.metrics]
     sign = 1 if mode == "min" else -1
-    best = sorted(scored, key=lambda r: sign * r.metrics["loss"])[:keep]
+    best = sorted(scored, key=lambda r: sign * r.metrics["loss"])[: max(keep, 1)]
     expected = {r.name for r in before if "loss" not in r.metrics} | {r.name for r in best}
-    expected.add(before[0].name)  # the latest state checkpoint always stays
+    expected.add(before[0].name)  # the latest (also the resume point) always stays
     if not scored:
         expected = {r.name for r in before}
     assert {r.name for r in after} == expected

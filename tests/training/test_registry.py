@@ -61,6 +61,27 @@ async def test_register_get_and_the_uniqueness_rules(tmp_path: Path) -> None:
         assert len(await registry.list()) == 1  # rejected requests stored nothing
 
 
+async def test_lookup_by_config_hash(tmp_path: Path) -> None:
+    async with open_runtime() as rt:
+        registry = ModelRegistryClient(await rt.spawn(ModelRegistry(tmp_path / "registry.db")))
+        first = await registry.register(**model("a"))
+        second = await registry.register(**model("b"))
+        assert first.config_hash == config_hash(first.training_config)
+        assert await registry.get_by_config_hash(first.config_hash) == first
+        assert await registry.get_by_config_hash(second.config_hash) == second
+        reordered = dict(reversed(list(second.training_config.items())))
+        assert await registry.get_by_config(reordered) == second
+        unknown = config_hash({"lr": 1.0})
+        with pytest.raises(ModelNotFound, match=unknown):
+            await registry.get_by_config_hash(unknown)
+        with pytest.raises(ModelNotFound):
+            await registry.get_by_config({"lr": 3e-3, "name": "a", "version": "2"})
+        for bad in ("", "abc", first.config_hash.upper(), first.config_hash + "0"):
+            with pytest.raises(ValueError, match="64 lowercase hex"):
+                await registry.get_by_config_hash(bad)
+        assert await registry.get(first.id) == first  # rejected lookups left the actor alive
+
+
 async def test_list_find_and_ensemble_selection(tmp_path: Path) -> None:
     async with open_runtime() as rt:
         registry = ModelRegistryClient(await rt.spawn(ModelRegistry(tmp_path / "r.db")))

@@ -10,14 +10,16 @@ from crucible.training.checkpoints._log import CheckpointRecord
 from crucible.training.checkpoints._messages import (
     BestCheckpoint,
     CheckpointKind,
+    DeleteCheckpoint,
+    GetCheckpoint,
     GetResumePoint,
     LatestCheckpoint,
     ListCheckpoints,
     LoadForSampling,
-    Mode,
     PruneCheckpoints,
     SaveCheckpoint,
 )
+from crucible.training.checkpoints._retention import Mode
 from crucible.training.port import SamplingClient
 
 
@@ -35,8 +37,11 @@ class CheckpointManagerClient:
         kind: CheckpointKind = "state",
         final: bool = False,
         epoch: int | None = None,
+        overwrite: bool = False,
     ) -> CheckpointRecord:
-        message = SaveCheckpoint(step, metrics, kind, final, epoch)
+        """Save the checkpoint of ``step``; its name must be new (CheckpointExists) unless
+        ``overwrite``."""
+        message = SaveCheckpoint(step, metrics, kind, final, epoch, overwrite)
         return await self.ref.call(message, timeout=self._timeout)
 
     async def list(self) -> list[CheckpointRecord]:
@@ -44,6 +49,14 @@ class CheckpointManagerClient:
 
     async def latest(self) -> CheckpointRecord:
         return await self.ref.call(LatestCheckpoint(), timeout=self._timeout)
+
+    async def get(self, name: str) -> CheckpointRecord:
+        """The checkpoint named ``name`` (CheckpointNotFound if there is none)."""
+        return await self.ref.call(GetCheckpoint(name), timeout=self._timeout)
+
+    async def delete(self, name: str) -> CheckpointRecord:
+        """Remove the checkpoint named ``name``, files and line; returns its record."""
+        return await self.ref.call(DeleteCheckpoint(name), timeout=self._timeout)
 
     async def get_best(self, metric: str, mode: Mode = "min") -> CheckpointRecord:
         return await self.ref.call(BestCheckpoint(metric, mode), timeout=self._timeout)

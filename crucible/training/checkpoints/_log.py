@@ -7,8 +7,9 @@ cookbook spreads its loop state the same way), so either tool can resume the oth
 Appends are durable (write, flush, fsync) and a line is only written after the checkpoint's
 files are; a rewrite (after pruning) goes to a temporary file that replaces the old one
 atomically. A torn last line, from a kill in the middle of an append, is ignored on read and
-cut off when the log is next opened for writing; a later line for the same name replaces an
-earlier one (a retried save).
+cut off when the log is next opened for writing. A name has one line: a replaced checkpoint
+is rewritten in place. (A later line for the same name, from logs written before that rule,
+replaces the earlier one on read, and ``open_log`` compacts such a log.)
 """
 
 from __future__ import annotations
@@ -127,13 +128,16 @@ def repair_log(path: Path) -> None:
     repair_torn_tail_at(path, _is_record)
 
 
-def latest_state_checkpoint(run_dir: Path) -> CheckpointRecord | None:
-    """The checkpoint a resumed run loads from ``run_dir``: the newest one with a state path
-    (a final one first), or None."""
-    with_state = [r for r in read_log(run_dir / CHECKPOINTS_FILE) if r.state_path is not None]
-    if not with_state:
-        return None
-    return max(with_state, key=lambda r: (r.final, r.batch))
+def open_log(path: Path) -> list[CheckpointRecord]:
+    """Repair the log for writing and read it; a log in which a name repeats (older versions
+    appended a line per save of a name) is rewritten with one line per name."""
+    repair_log(path)
+    records = read_log(path)
+    if path.exists() and sum(1 for line in path.read_bytes().split(b"\n") if line.strip()) > len(
+        records
+    ):
+        rewrite_log(path, records)
+    return records
 
 
 def append_record(path: Path, record: CheckpointRecord) -> None:

@@ -10,7 +10,7 @@ the backend has written the files.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,22 +25,33 @@ from crucible.training.checkpoints._log import (
     CheckpointRecord,
     append_record,
     check_metrics,
-    read_log,
-    repair_log,
+    open_log,
     rewrite_log,
 )
 from crucible.training.checkpoints._messages import (
     BestCheckpoint,
+    CheckpointExists,
     CheckpointMetricNotFound,
+    DeleteCheckpoint,
+    GetCheckpoint,
     GetResumePoint,
     InvalidStep,
     LatestCheckpoint,
     ListCheckpoints,
     LoadForSampling,
-    Mode,
     NoCheckpoints,
     PruneCheckpoints,
     SaveCheckpoint,
+)
+from crucible.training.checkpoints._retention import (
+    BestBy,
+    Mode,
+    check_mode,
+    newest_first,
+    prune_plan,
+    ranked,
+    resume_point,
+    rotation_plan,
 )
 from crucible.training.port import (
     BackendOpFailed,
@@ -64,17 +75,13 @@ class RetryPolicy:
     timeout_s: float | None = 60.0
 
 
-def _newest_first(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
-    # log order breaks ties between equal steps: the later line is newer
-    order = {record.name: index for index, record in enumerate(records)}
-    return sorted(records, key=lambda r: (r.batch, order[r.name]), reverse=True)
-
-
 class CheckpointManager(Actor[list[CheckpointRecord]]):
     """``state`` is the list of checkpoint records in log order.
 
     ``backend`` returns the backend to save through, called each time (a supervised session
-    may have rebuilt it since the last call).
+    may have rebuilt it since the last call). ``max_checkpoints`` rotates out the oldest
+    checkpoints past that count; ``best_metric``/``best_mode`` name the checkpoint that
+    rotation and every prune keep besides the latest one and the resume point.
     """
 
     caller_errors = (
@@ -82,6 +89,7 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
         NoCheckpoints,
         CheckpointMetricNotFound,
         CheckpointNotFound,
+        CheckpointExists,
         ValueError,
     )
 
@@ -91,6 +99,8 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
         backend: Callable[[], TrainingBackend],
         *,
         max_checkpoints: int | None = None,
+        best_metric: str | None = None,
+        best_mode: Mode = "min",
         name_format: str = "step_%06d",
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
@@ -99,15 +109,14 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
         self.log_path = Path(log_dir) / CHECKPOINTS_FILE
         self._backend = backend
         self._max_checkpoints = max_checkpoints
+        self._best_by: tuple[BestBy, ...] = (
+            () if best_metric is None else ((best_metric, check_mode(best_mode)),)
+        )
         self._name_format = name_format
         self._retry = retry
 
     async def init(self) -> list[CheckpointRecord]:
-        def load() -> list[CheckpointRecord]:
-            repair_log(self.log_path)
-            return read_log(self.log_path)
-
-        return await anyio.to_thread.run_sync(load)
+        return await anyio.to_thread.run_sync(open_log, self.log_path)
 
     async def _idempotent(self, what: str, call: Callable[[], Awaitable[Awaitable[T]]]) -> T:
         """Run a backend call that is safe to repeat, retrying BackendOpFailed with backoff."""
@@ -130,10 +139,20 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
 
     @handler
     async def save(self, message: SaveCheckpoint) -> CheckpointRecord:
+        """Save through the backend, then record the checkpoint. A name that exists is
+        refused (CheckpointExists, before any file is touched) unless ``overwrite``: then its
+        line is replaced in place and files of the old one that the new one lacks go."""
         if isinstance(message.step, bool) or message.step < 0:
             raise InvalidStep(f"checkpoint step must be an integer >= 0, got {message.step!r}")
         metrics = check_metrics(message.metrics or {})
         name = self._name_format % message.step
+        existing = self._find(name)
+        if existing is not None and not message.overwrite:
+            raise CheckpointExists(
+                f"a checkpoint named {name!r} (step {existing.batch}) is already in "
+                f"{self.log_path}; save with overwrite=True to replace it",
+                existing,
+            )
         started = time.perf_counter()
         backend = self._backend()
         state_path = sampler_path = None
@@ -154,8 +173,14 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
             final=message.final,
             metrics=metrics,
         )
-        await anyio.to_thread.run_sync(append_record, self.log_path, record)
-        self.state = [r for r in self.state if r.name != name] + [record]
+        if existing is None:
+            await anyio.to_thread.run_sync(append_record, self.log_path, record)
+            self.state = [*self.state, record]
+        else:
+            replaced = [record if r.name == name else r for r in self.state]
+            await anyio.to_thread.run_sync(rewrite_log, self.log_path, replaced)
+            self.state = replaced
+            await self._delete_files(_paths(existing) - _paths(record))
         execute(
             "crucible.checkpoint.saved",
             {"step": message.step, "duration_ms": (time.perf_counter() - started) * 1e3},
@@ -166,19 +191,31 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
                 "checkpoint_path": state_path or sampler_path,
             },
         )
-        if self._max_checkpoints is not None and len(self.state) > self._max_checkpoints:
-            await self._remove(self._over_limit(self._max_checkpoints))
+        if self._max_checkpoints is not None:
+            await self._remove(rotation_plan(self.state, self._max_checkpoints, self._best_by))
         return record
 
     @handler
     def list_checkpoints(self, message: ListCheckpoints) -> list[CheckpointRecord]:
-        return _newest_first(self.state)
+        return newest_first(self.state)
 
     @handler
     def latest(self, message: LatestCheckpoint) -> CheckpointRecord:
         if not self.state:
             raise NoCheckpoints(f"no checkpoint in {self.log_path} yet")
-        return _newest_first(self.state)[0]
+        return newest_first(self.state)[0]
+
+    @handler
+    def get(self, message: GetCheckpoint) -> CheckpointRecord:
+        return self._named(message.name)
+
+    @handler
+    async def delete(self, message: DeleteCheckpoint) -> CheckpointRecord:
+        """Remove the named checkpoint (files first, then its line), whatever its rank: an
+        explicit delete is the caller's decision; only prune and rotation keep the best."""
+        record = self._named(message.name)
+        await self._remove([record])
+        return record
 
     @handler
     def best(self, message: BestCheckpoint) -> CheckpointRecord:
@@ -186,78 +223,74 @@ class CheckpointManager(Actor[list[CheckpointRecord]]):
 
     @handler
     def resume_point(self, message: GetResumePoint) -> CheckpointRecord | None:
-        """The newest checkpoint with a state path (what a resumed run loads), if any."""
-        return self._latest_state()
+        """The state checkpoint a resumed run loads (a final one first, else the newest)."""
+        return resume_point(self.state)
 
     @handler
     async def prune(self, message: PruneCheckpoints) -> list[CheckpointRecord]:
-        """Keep the ``keep`` best by ``metric``, every checkpoint without the metric, and the
-        latest state checkpoint; delete the rest (files first, then the log lines)."""
-        if message.keep < 0:
-            raise ValueError(f"keep must be >= 0, got {message.keep}")
-        ranked = self._ranked(message.metric, message.mode)
-        keep = {record.name for record in ranked[: message.keep]}
-        latest_state = self._latest_state()
-        if latest_state is not None:
-            keep.add(latest_state.name)
-        doomed = [r for r in ranked if r.name not in keep]
+        """Keep the ``keep`` best by ``metric``, every checkpoint without the metric, the best
+        by the metric (even with ``keep=0``) and by ``best_metric``, the latest checkpoint and
+        the resume point; delete the rest (files first, then the log lines)."""
+        self._ranked(message.metric, message.mode)  # no checkpoint / no metric: typed errors
+        doomed = prune_plan(self.state, message.keep, message.metric, message.mode, self._best_by)
         await self._remove(doomed)
         execute(
             "crucible.checkpoint.pruned",
             {"removed": len(doomed), "kept": len(self.state)},
             {"metric": message.metric, "mode": message.mode},
         )
-        return _newest_first(doomed)
+        return newest_first(doomed)
 
     @handler
     async def load_for_sampling(self, message: LoadForSampling) -> SamplingClient:
-        record = next((r for r in self.state if r.name == message.name), None)
-        if record is None:
-            known = ", ".join(r.name for r in _newest_first(self.state)[:5]) or "none"
-            raise CheckpointNotFound(
-                f"no checkpoint named {message.name!r} in {self.log_path} (newest: {known})"
-            )
+        record = self._named(message.name)
         path = record.sampler_path or record.state_path
         backend = self._backend()
         return await self._idempotent("sampling_client", lambda: backend.sampling_client(path))
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _latest_state(self) -> CheckpointRecord | None:
-        with_state = [r for r in self.state if r.state_path is not None]
-        return _newest_first(with_state)[0] if with_state else None
+    def _find(self, name: str) -> CheckpointRecord | None:
+        return next((r for r in self.state if r.name == name), None)
+
+    def _named(self, name: str) -> CheckpointRecord:
+        record = self._find(name)
+        if record is None:
+            known = ", ".join(r.name for r in newest_first(self.state)[:5]) or "none"
+            raise CheckpointNotFound(
+                f"no checkpoint named {name!r} in {self.log_path} (newest: {known})"
+            )
+        return record
 
     def _ranked(self, metric: str, mode: Mode) -> list[CheckpointRecord]:
-        """Checkpoints that have ``metric``, best first (newer first among equals)."""
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        """Checkpoints that have ``metric``, best first; typed errors when there are none."""
+        check_mode(mode)
         if not self.state:
             raise NoCheckpoints(f"no checkpoint in {self.log_path} yet")
-        having = [r for r in _newest_first(self.state) if metric in r.metrics]
+        having = ranked(self.state, metric, mode)
         if not having:
             raise CheckpointMetricNotFound(
                 f"no checkpoint in {self.log_path} has the metric {metric!r}"
             )
-        sign = 1.0 if mode == "min" else -1.0
-        return sorted(having, key=lambda r: sign * r.metrics[metric])  # stable: newer first
+        return having
 
-    def _over_limit(self, limit: int) -> list[CheckpointRecord]:
-        """The oldest checkpoints beyond ``limit``, never the latest state checkpoint."""
-        latest_state = self._latest_state()
-        removable = [r for r in reversed(_newest_first(self.state)) if r is not latest_state]
-        return removable[: len(self.state) - limit]
+    async def _delete_files(self, paths: Iterable[str]) -> None:
+        backend = self._backend()
+        for path in sorted(paths):
+            await self._idempotent("delete_checkpoint", _bind(backend.delete_checkpoint, path))
 
     async def _remove(self, doomed: list[CheckpointRecord]) -> None:
         if not doomed:
             return
-        backend = self._backend()
-        paths = [p for r in doomed for p in (r.state_path, r.sampler_path) if p is not None]
-        for path in paths:
-            await self._idempotent("delete_checkpoint", _bind(backend.delete_checkpoint, path))
+        await self._delete_files(path for record in doomed for path in _paths(record))
         names = {record.name for record in doomed}
         remaining = [r for r in self.state if r.name not in names]
         await anyio.to_thread.run_sync(rewrite_log, self.log_path, remaining)
         self.state = remaining
+
+
+def _paths(record: CheckpointRecord) -> set[str]:
+    return {path for path in (record.state_path, record.sampler_path) if path is not None}
 
 
 def _bind(fn: Callable[[str], Awaitable[T]], argument: str) -> Callable[[], Awaitable[T]]:

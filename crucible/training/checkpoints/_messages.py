@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from crucible.actors import Request
 from crucible.training.checkpoints._log import CheckpointRecord
+from crucible.training.checkpoints._retention import Mode
 
 CheckpointKind = Literal["state", "sampler", "both"]
-Mode = Literal["min", "max"]
 
 
 class InvalidStep(ValueError):
@@ -23,12 +23,22 @@ class CheckpointMetricNotFound(LookupError):
     """No checkpoint carries the metric asked for."""
 
 
+class CheckpointExists(FileExistsError):
+    """A checkpoint of that name is already saved; save with ``overwrite=True`` to replace it.
+    ``existing`` is its record."""
+
+    def __init__(self, message: str, existing: CheckpointRecord) -> None:
+        super().__init__(message)
+        self.existing = existing
+
+
 class SaveCheckpoint(Request[CheckpointRecord], frozen=True):
     step: int
     metrics: dict[str, float] | None = None
     kind: CheckpointKind = "state"
     final: bool = False
     epoch: int | None = None
+    overwrite: bool = False
 
 
 class ListCheckpoints(Request[list[CheckpointRecord]], frozen=True):
@@ -37,6 +47,14 @@ class ListCheckpoints(Request[list[CheckpointRecord]], frozen=True):
 
 class LatestCheckpoint(Request[CheckpointRecord], frozen=True):
     pass
+
+
+class GetCheckpoint(Request[CheckpointRecord], frozen=True):
+    name: str
+
+
+class DeleteCheckpoint(Request[CheckpointRecord], frozen=True):  # replies with what it removed
+    name: str
 
 
 class BestCheckpoint(Request[CheckpointRecord], frozen=True):

@@ -1,5 +1,5 @@
 """The model registry: a persistent SQLite store of trained models (config-hash duplicate
-check, stages, lineage) behind the ModelRegistry actor.
+check and lookup, stages, lineage) behind the ModelRegistry actor.
 
 Most callers use ``ModelRegistryClient``; the messages are for calling the actor's ref
 directly (for example from synchronous code through ``crucible.embedded()``).
@@ -15,6 +15,7 @@ from crucible.training.registry._messages import (
     FindForEnsemble,
     FindModels,
     GetModel,
+    GetModelByConfigHash,
     ImportJson,
     ListModels,
     Promote,
@@ -49,6 +50,7 @@ __all__ = [
     "FindForEnsemble",
     "FindModels",
     "GetModel",
+    "GetModelByConfigHash",
     "ImportJson",
     "InvalidPromotion",
     "ListModels",

@@ -26,6 +26,7 @@ from crucible.training.registry._messages import (
     FindForEnsemble,
     FindModels,
     GetModel,
+    GetModelByConfigHash,
     ImportJson,
     ListModels,
     Promote,
@@ -70,6 +71,10 @@ class ModelRegistry(Actor[RegistryStore]):
     @handler
     async def get(self, message: GetModel) -> ModelRecord:
         return await self._run(partial(self.state.get, message.model_id))
+
+    @handler
+    async def get_by_config_hash(self, message: GetModelByConfigHash) -> ModelRecord:
+        return await self._run(partial(self.state.get_by_config_hash, message.config_hash))
 
     @handler
     async def list_models(self, message: ListModels) -> list[ModelRecord]:

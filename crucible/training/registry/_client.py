@@ -15,13 +15,14 @@ from crucible.training.registry._messages import (
     FindForEnsemble,
     FindModels,
     GetModel,
+    GetModelByConfigHash,
     ImportJson,
     ListModels,
     Promote,
     Register,
     UpdateMetrics,
 )
-from crucible.training.registry._records import MetricOp, ModelRecord, ModelStage
+from crucible.training.registry._records import MetricOp, ModelRecord, ModelStage, config_hash
 
 
 class ModelRegistryClient:
@@ -58,6 +59,15 @@ class ModelRegistryClient:
 
     async def get(self, model_id: int) -> ModelRecord:
         return await self.ref.call(GetModel(model_id), timeout=self._timeout)
+
+    async def get_by_config_hash(self, digest: str) -> ModelRecord:
+        """The model registered with the config whose ``config_hash`` is ``digest``
+        (ModelNotFound if none; ValueError if ``digest`` is not a sha256 hex digest)."""
+        return await self.ref.call(GetModelByConfigHash(digest), timeout=self._timeout)
+
+    async def get_by_config(self, training_config: Mapping[str, Any]) -> ModelRecord:
+        """The model registered with ``training_config`` (key order does not matter)."""
+        return await self.get_by_config_hash(config_hash(training_config))
 
     async def list(
         self, name: str | None = None, stage: ModelStage | None = None, limit: int | None = None

@@ -26,6 +26,10 @@ class GetModel(Request[ModelRecord], frozen=True):
     model_id: int
 
 
+class GetModelByConfigHash(Request[ModelRecord], frozen=True):
+    config_hash: str
+
+
 class ListModels(Request[list[ModelRecord]], frozen=True):
     name: str | None = None
     stage: ModelStage | None = None

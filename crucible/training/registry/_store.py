@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ _OPS: Final[dict[str, Callable[[float, float], bool]]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
+_HASH: Final = re.compile(r"[0-9a-f]{64}")
 _REQUIRED: Final = ("name", "version", "base_model", "recipe", "training_config", "checkpoint_path")
 
 
@@ -249,6 +251,19 @@ class RegistryStore:
         record = self._one("WHERE id = ?", (model_id,))
         if record is None:
             raise ModelNotFound(f"no model with id {model_id}")
+        return record
+
+    def get_by_config_hash(self, digest: str) -> ModelRecord:
+        """The model registered with the training config whose ``config_hash`` is ``digest``
+        (a config is registered once, so there is at most one)."""
+        if not _HASH.fullmatch(digest):
+            raise ValueError(
+                f"a config hash is 64 lowercase hex digits (config_hash(training_config)), "
+                f"got {digest!r}"
+            )
+        record = self._one("WHERE config_hash = ?", (digest,))
+        if record is None:
+            raise ModelNotFound(f"no model is registered with config hash {digest}")
         return record
 
     def list_models(

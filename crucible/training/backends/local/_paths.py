@@ -4,6 +4,7 @@ Paths mirror Tinker's ``tinker://<run>/weights/<name>`` (state) and
 ``tinker://<run>/sampler_weights/<name>`` (sampler): ``local://<run>/weights/<name>`` is the
 file ``<root>/<run>/<name>/state.pt`` and ``local://<run>/sampler_weights/<name>`` is
 ``<root>/<run>/<name>/sampler.pt``, so a checkpoint saved as both kinds shares one folder.
+``CheckpointPath.verify`` checks a checkpoint file against the sha256 sealed into it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Final, Literal
 
 import attrs
 
+from crucible.training.backends.local._checksum import verify_sealed
 from crucible.training.port import InvalidCheckpointPath
 
 SCHEME: Final = "local://"
@@ -65,3 +67,10 @@ class CheckpointPath:
     def file(self, root: Path) -> Path:
         """Where the checkpoint lives under the backend's ``checkpoint_root``."""
         return root / self.run_id / self.name / _FILE_NAMES[self.kind]
+
+    def verify(self, root: Path) -> None:
+        """Check the checkpoint's file under ``root`` against the sha256 sealed into it,
+        without loading it: CheckpointNotFound if the file is missing, CheckpointCorrupt
+        (naming the file and what is wrong) if it is truncated or its bytes changed."""
+        file = self.file(root)
+        verify_sealed(file, f"checkpoint {self} ({file})")

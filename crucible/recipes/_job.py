@@ -29,6 +29,7 @@ from crucible.recipes._preflight import (
     PreloadedDatasetStore,
     RunDirExists,
     check_resumable,
+    checkpoint_verifier,
     dataset_store,
     resume_point_of,
 )
@@ -49,6 +50,7 @@ from crucible.recipes._workflow import (
 from crucible.recipes.sl_basic import SL_BASIC, MetricHistory, SLState, summary_metrics
 from crucible.telemetry import JsonlHandler
 from crucible.training import ModelRegistryClient
+from crucible.training.checkpoints import prepare_resume
 
 
 @attrs.define
@@ -185,7 +187,7 @@ async def execute_run(
                 tasks.start_soon(_watch_interrupts, switch, reporter)
             try:
                 store = dataset_store(config) if dataset is None else PreloadedDatasetStore(dataset)
-                await _run_sl_basic(config, files, rt, state, switch, outcome, store)
+                await _run_sl_basic(config, files, rt, state, switch, outcome, store, reporter)
             finally:
                 tasks.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # task groups wrap errors: report the one that happened
@@ -216,12 +218,20 @@ async def _run_sl_basic(
     switch: StopSwitch,
     outcome: RunOutcome,
     dataset: DatasetStore,
+    reporter: ProgressReporter,
 ) -> None:
     store = JsonlMetricsStore(files.metrics)
     try:
         if state.resume:
             # Steps after the checkpoint the run resumes from are trained (and recorded) again.
-            point = resume_point_of(files.run_dir)
+            # A damaged checkpoint is passed over for the previous good one; the log lines of
+            # the steps after it go, as those steps are trained and saved again.
+            resume = prepare_resume(files.run_dir, checkpoint_verifier(files.run_dir))
+            for damaged in resume.damaged:
+                reporter.print(
+                    f"checkpoint {damaged.name} is damaged, passed over: {damaged.reason}"
+                )
+            point = resume.record
             truncation = await store.truncate_after(point.batch if point else -1)
             state.recorded_at_resume = truncation.at_step
         # The summary covers the whole run: what earlier runs in this directory recorded too.

@@ -33,6 +33,7 @@ from crucible.training import (
     UnknownBaseModel,
     latest_state_checkpoint,
 )
+from crucible.training.checkpoints import Verify, latest_verified_state_checkpoint
 
 
 class RunDirExists(Exception):
@@ -147,10 +148,29 @@ def check_output_dir(directory: Path, what: str) -> None:
 
 
 def resume_point_of(run_dir: Path) -> CheckpointRecord | None:
-    """The checkpoint a resume of ``run_dir`` would load, or None.
+    """The checkpoint a resume of ``run_dir`` would load (the newest whose files verify), or
+    None.
 
-    The one place that decides it for the advice and for ``--resume``'s check."""
-    return latest_state_checkpoint(run_dir)
+    The one place that decides it for the advice and for ``--resume``'s check; the resume
+    itself goes through ``prepare_resume`` with the same verifier."""
+    return latest_verified_state_checkpoint(run_dir, checkpoint_verifier(run_dir)).record
+
+
+def checkpoint_verifier(run_dir: Path) -> Verify:
+    """How a resume checks a checkpoint's files: a local checkpoint against the sha256 sealed
+    into it; a remote backend's checkpoints (``tinker://``) are the service's to check."""
+    root = run_dir / "checkpoints"
+
+    def verify(path: str) -> None:
+        from crucible.training.backends.local import CheckpointPath
+
+        try:
+            local = CheckpointPath.parse(path)
+        except InvalidCheckpointPath:
+            return
+        local.verify(root)
+
+    return verify
 
 
 def check_resumable(run_dir: Path) -> None:

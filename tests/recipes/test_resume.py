@@ -257,3 +257,32 @@ def test_a_crash_before_any_checkpoint_advises_no_resume_and_a_resume_is_refused
     assert "there is no checkpoint to resume from" in err
     assert main(["--resume", str(run_dir), "--quiet"]) == 2
     assert "ended without a checkpoint to continue from" in capsys.readouterr().err
+
+
+def _flip_inside_a_tensor(file: Path) -> None:
+    import torch
+
+    payload = torch.load(file, weights_only=True)
+    tensor = max(payload["lora_state"].values(), key=lambda t: t.numel())
+    data = bytearray(file.read_bytes())
+    at = data.find(tensor.contiguous().numpy().tobytes())
+    assert at > 0
+    data[at + tensor.numel() * tensor.element_size() // 2] ^= 0x5A
+    file.write_bytes(bytes(data))
+
+
+def test_a_resume_passes_over_a_damaged_checkpoint_to_the_previous_good_one(
+    tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    assert _run_in_process(tmp_path, run_dir, resume=False, stop_at=9) == "stopped"
+    rows = read_jsonl(run_dir / "checkpoints.jsonl")
+    assert [row["name"] for row in rows][-2:] == ["step_000008", "step_000010"]
+    run_id, _, name = rows[-1]["state_path"].removeprefix("local://").partition("/weights/")
+    _flip_inside_a_tensor(run_dir / "checkpoints" / run_id / name / "state.pt")
+    assert _run_in_process(tmp_path, run_dir, resume=True) == "completed"
+    _assert_like_reference(run_dir, reference)  # same metrics once each, same final weights
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == "step_000008"
+    names = [row["name"] for row in read_jsonl(run_dir / "checkpoints.jsonl")]
+    assert len(names) == len(set(names))  # one line per checkpoint name

@@ -64,8 +64,15 @@ async def save_checkpoint(
     metrics = {"train_loss": state.train_loss} if math.isfinite(state.train_loss) else {}
     if state.last_eval_step == state.step:  # only an evaluation of these very weights
         metrics.update({k.replace("/", "_"): v for k, v in state.last_eval.items()})
+    # A step's weights are the same whenever it is saved (a stop right after a periodic
+    # checkpoint, the final save of a resumed finished run): a re-save replaces its line.
     saved = await manager.save(
-        step=state.step, metrics=metrics, kind=kind, final=final, epoch=state.epoch
+        step=state.step,
+        metrics=metrics,
+        kind=kind,
+        final=final,
+        epoch=state.epoch,
+        overwrite=True,
     )
     state.last_completion = None
     execute(

@@ -10,8 +10,8 @@ import anyio
 import msgspec
 import pytest
 
-from crucible.tinker_server import RunningServer, ServerConfig
-from crucible.tinker_server._checkpoints import Checkpoints
+from crucible.tinker_server import RunningServer
+from crucible.tinker_server._records import Records
 from crucible.tinker_server._models import RunInfo
 from crucible.tinker_server._paths import TinkerPath
 from crucible.training import InvalidCheckpointPath
@@ -20,11 +20,11 @@ from .tinker_kit import BASE_MODEL, service_client
 
 
 def test_a_tinker_path_names_a_checkpoint_of_the_run_folder() -> None:
-    path = TinkerPath.parse("tinker://ab12:train:0/sampler_weights/step-3")
-    assert path.run_id == "ab12:train:0"
-    assert str(path.local) == "local://ab12_train_0/sampler_weights/step-3"
-    assert path.local.file(Path("/root")) == Path("/root/ab12_train_0/step-3/sampler.pt")
-    assert str(path) == "tinker://ab12:train:0/sampler_weights/step-3"
+    path = TinkerPath.parse("tinker://00000000000000ab:train:0/sampler_weights/step-3")
+    assert path.run_id == "00000000000000ab:train:0"
+    assert str(path.local) == "local://00000000000000ab_train_0/sampler_weights/step-3"
+    assert path.local.file(Path("/root")) == Path("/root/00000000000000ab_train_0/step-3/sampler.pt")
+    assert str(path) == "tinker://00000000000000ab:train:0/sampler_weights/step-3"
     assert path.checkpoint_id == "sampler_weights/step-3"
     assert TinkerPath.from_local(str(path.local), path.run_id) == path
 
@@ -47,24 +47,24 @@ def test_paths_that_are_not_checkpoints_of_this_server_are_refused(text: str) ->
 
 
 def test_a_run_record_is_replaced_atomically(tmp_path: Path, monkeypatch: Any) -> None:
-    checkpoints = Checkpoints(ServerConfig(root=tmp_path), sessions=None)  # type: ignore[arg-type]
-    first = RunInfo("s:train:0", BASE_MODEL, lora_rank=4, seed=1)
+    records = Records(tmp_path)
+    first = RunInfo("000000000000000a:train:0", BASE_MODEL, lora_rank=4, seed=1)
     second = msgspec.structs.replace(first, seed=2)
 
     def crash(*_args: Any) -> None:
         raise OSError("killed before the rename")
 
     async def main() -> None:
-        await checkpoints.write_run(first)
-        assert await checkpoints.read_run("s:train:0") == first
+        await records.write_run(first)
+        assert records.read_run_now("000000000000000a:train:0") == first
         monkeypatch.setattr(os, "replace", crash)
         with pytest.raises(OSError, match="killed"):
-            await checkpoints.write_run(second)
+            await records.write_run(second)
         monkeypatch.undo()
-        assert await checkpoints.read_run("s:train:0") == first
+        assert records.read_run_now("000000000000000a:train:0") == first
 
     anyio.run(main)
-    assert sorted(p.name for p in (tmp_path / "s_train_0").iterdir()) == ["run.json"]
+    assert sorted(p.name for p in (tmp_path / "000000000000000a_train_0").iterdir()) == ["run.json"]
 
 
 def test_a_new_model_records_its_run_beside_its_checkpoints(server: RunningServer) -> None:
@@ -75,6 +75,9 @@ def test_a_new_model_records_its_run_beside_its_checkpoints(server: RunningServe
     path = TinkerPath.parse(saved.path)
     folder = server.config.root / path.local.run_id
     run = msgspec.json.decode((folder / "run.json").read_bytes(), type=RunInfo)
-    assert run == RunInfo(training.model_id, BASE_MODEL, lora_rank=4, seed=7)
+    session_id = training.model_id.split(":")[0]
+    assert run == RunInfo(
+        training.model_id, BASE_MODEL, lora_rank=4, seed=7, session_id=session_id, created=run.created
+    )
     assert path.local.file(server.config.root).is_file()
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from crucible.tinker_server import RunningServer
-from crucible.tinker_server._records import Records
 from crucible.tinker_server._models import RunInfo
 from crucible.tinker_server._paths import TinkerPath
+from crucible.tinker_server._records import Records
 from crucible.training import InvalidCheckpointPath
 
 from .tinker_kit import BASE_MODEL, service_client
@@ -23,7 +23,9 @@ def test_a_tinker_path_names_a_checkpoint_of_the_run_folder() -> None:
     path = TinkerPath.parse("tinker://00000000000000ab:train:0/sampler_weights/step-3")
     assert path.run_id == "00000000000000ab:train:0"
     assert str(path.local) == "local://00000000000000ab_train_0/sampler_weights/step-3"
-    assert path.local.file(Path("/root")) == Path("/root/00000000000000ab_train_0/step-3/sampler.pt")
+    assert path.local.file(Path("/root")) == Path(
+        "/root/00000000000000ab_train_0/step-3/sampler.pt"
+    )
     assert str(path) == "tinker://00000000000000ab:train:0/sampler_weights/step-3"
     assert path.checkpoint_id == "sampler_weights/step-3"
     assert TinkerPath.from_local(str(path.local), path.run_id) == path
@@ -77,7 +79,12 @@ def test_a_new_model_records_its_run_beside_its_checkpoints(server: RunningServe
     run = msgspec.json.decode((folder / "run.json").read_bytes(), type=RunInfo)
     session_id = training.model_id.split(":")[0]
     assert run == RunInfo(
-        training.model_id, BASE_MODEL, lora_rank=4, seed=7, session_id=session_id, created=run.created
+        training.model_id,
+        BASE_MODEL,
+        lora_rank=4,
+        seed=7,
+        session_id=session_id,
+        created=run.created,
     )
     assert path.local.file(server.config.root).is_file()
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]

@@ -26,7 +26,12 @@ from crucible.tinker_server._models import RunInfo, TrainingModel, new_backend
 from crucible.tinker_server._paths import SCHEME, TinkerPath, run_folder_name
 from crucible.tinker_server._records import CheckpointMeta, Records, check_ttl
 from crucible.tinker_server._sessions import Sessions, model_id_of
-from crucible.training import CheckpointNotFound, InvalidCheckpointPath, UnknownBaseModel
+from crucible.training import (
+    CheckpointError,
+    CheckpointNotFound,
+    InvalidCheckpointPath,
+    UnknownBaseModel,
+)
 from crucible.training.backends.local import PATH_KINDS, CheckpointPath, LocalBackend
 
 _CHECKPOINT_TYPES: dict[str, types.CheckpointType] = {
@@ -134,7 +139,7 @@ class Checkpoints:
         text = f"{SCHEME}{model.run_id}/{kind}/{name}"
         try:
             path = TinkerPath.parse(text)
-        except InvalidCheckpointPath:
+        except CheckpointError:
             return False  # the backend refuses the name itself, with its own message
         return path.local.file(self.root).is_file()
 
@@ -240,6 +245,8 @@ class Checkpoints:
         """The path of a checkpoint that exists (else 404; a malformed path is 400)."""
         try:
             path = TinkerPath.parse(tinker_path)
+        except CheckpointNotFound as error:
+            raise ServiceError(404, describe(error)) from None
         except InvalidCheckpointPath as error:
             raise ServiceError(400, describe(error)) from None
         if not path.local.file(self.root).is_file():

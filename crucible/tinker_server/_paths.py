@@ -14,7 +14,7 @@ from typing import Final
 
 import attrs
 
-from crucible.training import InvalidCheckpointPath
+from crucible.training import CheckpointNotFound, InvalidCheckpointPath
 from crucible.training.backends.local import PATH_KINDS, CheckpointPath, PathKind
 
 SCHEME: Final = "tinker://"
@@ -23,13 +23,11 @@ SCHEME: Final = "tinker://"
 RUN_ID: Final = re.compile(r"[0-9a-f]{16}:train:[0-9]{1,9}")
 
 
-class InvalidRunId(InvalidCheckpointPath):
-    """A training run id this server could never have created (answered 404, touching no file)."""
-
-
 def check_run_id(run_id: str) -> str:
+    """``run_id`` if this server could have created it, else ``CheckpointNotFound`` (answered
+    404, touching no file)."""
     if not RUN_ID.fullmatch(run_id):
-        raise InvalidRunId(
+        raise CheckpointNotFound(
             f"no training run {run_id!r} on this server: its runs are named "
             "'<session id>:train:<n>' (16 hex digits, ':train:', a number)"
         )

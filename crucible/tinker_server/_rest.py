@@ -19,9 +19,10 @@ from tinker import types
 
 from crucible.tinker_server._errors import ServiceError
 from crucible.tinker_server._models import RunInfo
-from crucible.tinker_server._paths import SCHEME, InvalidRunId, check_run_id
+from crucible.tinker_server._paths import SCHEME, check_run_id
 from crucible.tinker_server._records import SessionFile, check_session_id, check_ttl
 from crucible.tinker_server._service import TinkerService
+from crucible.training import CheckpointNotFound
 
 Handler = Callable[[Request], Awaitable[Response]]
 OWNER = "local"
@@ -45,7 +46,7 @@ def _page(request: Request) -> tuple[int, int]:
 def _run_id(raw: str) -> str:
     try:
         return check_run_id(raw)
-    except InvalidRunId as error:
+    except CheckpointNotFound as error:
         raise ServiceError(404, str(error)) from None
 
 

@@ -28,8 +28,8 @@ from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, category, describe
 from crucible.tinker_server._futures import FutureTable, Outcome, Pending
 from crucible.tinker_server._models import TrainingModel
-from crucible.tinker_server._paths import InvalidRunId
 from crucible.tinker_server._records import Records, SessionFile
+from crucible.training import CheckpointNotFound
 
 T = TypeVar("T")
 
@@ -185,11 +185,12 @@ class Sessions:
     def model(self, model_id: str) -> TrainingModel:
         model = self.models.get(model_id)
         if model is None and model_id in self._finished_models:
+            self.session(model_id.split(":train:")[0])  # raises 410, saying why it ended
             raise ServiceError(410, f"the session of model {model_id!r} has finished")
         if model is None:
             try:
                 run = self.records.read_run_now(model_id)
-            except InvalidRunId:
+            except CheckpointNotFound:
                 run = None
             if run is not None:
                 raise ServiceError(

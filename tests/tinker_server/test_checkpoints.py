@@ -14,7 +14,7 @@ from crucible.tinker_server import RunningServer
 from crucible.tinker_server._models import RunInfo
 from crucible.tinker_server._paths import TinkerPath
 from crucible.tinker_server._records import Records
-from crucible.training import InvalidCheckpointPath
+from crucible.training import CheckpointError
 
 from .tinker_kit import BASE_MODEL, service_client
 
@@ -44,7 +44,7 @@ def test_a_tinker_path_names_a_checkpoint_of_the_run_folder() -> None:
     ],
 )
 def test_paths_that_are_not_checkpoints_of_this_server_are_refused(text: str) -> None:
-    with pytest.raises(InvalidCheckpointPath):
+    with pytest.raises(CheckpointError):
         TinkerPath.parse(text)
 
 

@@ -61,15 +61,15 @@ def test_checkpoint_paths_that_could_escape_the_root_are_refused(
 ) -> None:
     server, secret = inner
     rest = tinker.RestClient(base_url=server.base_url, api_key=API_KEY)
-    with pytest.raises((tinker.BadRequestError, ValueError)):
+    with pytest.raises((tinker.BadRequestError, tinker.NotFoundError, ValueError)):
         rest.get_weights_info_by_tinker_path(tinker_path).result()
     with pytest.raises((tinker.BadRequestError, tinker.NotFoundError, ValueError)):
         rest.delete_checkpoint_from_tinker_path(tinker_path).result()
     client = service_client(server.base_url)
     with pytest.raises((tinker.BadRequestError, tinker.RequestFailedError)):
         client.create_training_client_from_state(tinker_path).result()
+    sampler_path = tinker_path.replace("weights", "sampler_weights")
     with pytest.raises((tinker.BadRequestError, tinker.NotFoundError)):
-        sampler_path = tinker_path.replace("weights", "sampler_weights")
         client.create_sampling_client(model_path=sampler_path).result()
     client.close("success").result()
     assert secret.read_bytes() == b"not yours"

@@ -6,7 +6,9 @@ cannot decode, 422 for one that does not fit the schema, 401 for a bad API key, 
 unknown id, 410 for a finished session or a forgotten request id. A request the server
 accepted but cannot carry out (bad tensors, unknown checkpoint) fails through its future with
 ``{"error", "category": "user"}``, which the SDK raises as ``RequestFailedError``; its seq_id
-still counts, so later requests of the model are not held up.
+still counts, so later requests of the model are not held up. A training request refused
+before it was queued (any status here) uses up the seq_id its body names just the same
+(``TrainingModel.refuse``), and any path the server does not serve is answered with a sentence.
 """
 
 from __future__ import annotations

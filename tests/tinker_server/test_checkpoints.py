@@ -9,11 +9,13 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crucible.tinker_server import RunningServer
 from crucible.tinker_server._models import RunInfo
 from crucible.tinker_server._paths import TinkerPath
-from crucible.tinker_server._records import Records
+from crucible.tinker_server._records import CheckpointMeta, Records
 from crucible.training import CheckpointError
 
 from .tinker_kit import BASE_MODEL, service_client
@@ -88,3 +90,35 @@ def test_a_new_model_records_its_run_beside_its_checkpoints(server: RunningServe
     )
     assert path.local.file(server.config.root).is_file()
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["weights/a", "weights/b", "sampler_weights/a"]),
+            st.none() | st.dictionaries(st.sampled_from("xyz"), st.text(max_size=3), max_size=2),
+        ),
+        max_size=8,
+    )
+)
+def test_checkpoint_metadata_is_a_durable_dict(
+    tmp_path_factory: pytest.TempPathFactory, updates: list[tuple[str, dict[str, str] | None]]
+) -> None:
+    """Each update records (a dict) or forgets (None) one checkpoint's metadata; the file
+    always reads back as the same updates applied to a plain dict."""
+    records = Records(tmp_path_factory.mktemp("meta"))
+    run_id = "000000000000000a:train:0"
+    expected: dict[str, CheckpointMeta] = {}
+
+    async def main() -> None:
+        for checkpoint_id, metadata in updates:
+            meta = None if metadata is None else CheckpointMeta(1.0, user_metadata=metadata)
+            await records.set_metadata(run_id, checkpoint_id, meta)
+            if meta is None:
+                expected.pop(checkpoint_id, None)
+            else:
+                expected[checkpoint_id] = meta
+            assert records.metadata(run_id) == expected
+
+    anyio.run(main)

@@ -91,7 +91,7 @@ def datums(message: pb.ForwardBackwardRequest) -> list[types.Datum]:
             raw = chunk.encoded_text.tokens
             if len(raw) % 4:
                 raise BadTensor(f"datum {index}: token bytes are not whole int32 values")
-            tokens.extend(int(t) for t in np.frombuffer(raw, dtype=np.int32))
+            tokens.extend(np.frombuffer(raw, dtype=np.int32).tolist())
         inputs = {
             name: _tensor(tensor, f"datum {index} loss_fn_inputs[{name!r}]")
             for name, tensor in datum.loss_fn_inputs.items()

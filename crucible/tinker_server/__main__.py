@@ -34,6 +34,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         default=",".join(HTTP_FAULT_KINDS),
         help=f"subset of {','.join(HTTP_FAULT_KINDS)}",
     )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=120.0,
+        help="seconds without a heartbeat (the SDK beats every 10 s) before a session expires "
+        "and its models are freed",
+    )
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument(
         "--client-config",
@@ -53,6 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
             fault_kinds=tuple(kind for kind in args.fault_kinds.split(",") if kind),
             torch_threads=args.torch_threads,
             client_config=json.loads(args.client_config),
+            session_timeout_s=args.session_timeout,
         )
     except ValueError as error:
         parser.error(str(error))

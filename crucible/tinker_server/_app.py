@@ -6,7 +6,9 @@ cannot decode, 422 for one that does not fit the schema, 401 for a bad API key, 
 unknown id, 410 for a finished session or a forgotten request id. A request the server
 accepted but cannot carry out (bad tensors, unknown checkpoint) fails through its future with
 ``{"error", "category": "user"}``, which the SDK raises as ``RequestFailedError``; its seq_id
-still counts, so later requests of the model are not held up.
+still counts, so later requests of the model are not held up. A training request refused
+before it was queued (any status here) uses up the seq_id its body names just the same
+(``TrainingModel.refuse``), and any path the server does not serve is answered with a sentence.
 """
 
 from __future__ import annotations
@@ -30,14 +32,22 @@ from tinker import types
 from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError
 from crucible.tinker_server._faults import FaultInjector, InjectedServerFault
+from crucible.tinker_server._futures import Outcome
+from crucible.tinker_server._rest import rest_routes, unavailable_routes
 from crucible.tinker_server._service import TinkerService
-from crucible.tinker_server._wire import MalformedBody, decode_body, parse_forward_backward
+from crucible.tinker_server._wire import (
+    MalformedBody,
+    decode_body,
+    parse_forward_backward,
+    training_turn,
+)
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 PREFIX = "/api/v1"
 #: Answered without an API key: liveness probes.
 OPEN_PATHS = frozenset({f"{PREFIX}/healthz"})
+_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -57,6 +67,18 @@ async def _parse(request: Request, model: type[M]) -> M:
         return model.model_validate(body)
     except pydantic.ValidationError as error:
         raise ServiceError(422, f"invalid {model.__name__}: {error}") from None
+
+
+async def refused_turn(request: Request) -> tuple[str, int] | None:
+    """The training turn (model id, seq_id) a refused request named, if any."""
+    if request.method != "POST":
+        return None
+    body = await request.body()  # starlette keeps the body read by the handler
+    return training_turn(
+        body,
+        request.headers.get("content-type", ""),
+        request.headers.get("content-encoding"),
+    )
 
 
 class ApiKeyCheck:
@@ -110,10 +132,18 @@ def build_app(
         async def run(request: Request) -> Response:
             try:
                 return await handler(request)
-            except ServiceError as error:
-                return _error(error.status, error.message)
             except MalformedBody as error:
-                return _error(400, str(error))
+                refusal = ServiceError(400, str(error))
+            except ServiceError as error:
+                refusal = error
+            # A refused training request still uses up its seq_id: the SDK has handed its turn
+            # on, and the model's later requests must not wait for it forever.
+            turn = await refused_turn(request)
+            if turn is not None:
+                model = service().sessions.models.get(turn[0])
+                if model is not None:
+                    await model.refuse(turn[1], refusal)
+            return _error(refusal.status, refusal.message)
 
         return run
 
@@ -132,8 +162,10 @@ def build_app(
         return JSONResponse({"refresh_interval_sec": 300})
 
     async def create_session(request: Request) -> Response:
-        await _parse(request, types.CreateSessionRequest)
-        session_id = service().sessions.create_session(request.headers.get("x-idempotency-key"))
+        parsed = await _parse(request, types.CreateSessionRequest)
+        session_id = await service().sessions.create_session(
+            request.headers.get("x-idempotency-key"), parsed
+        )
         return JSONResponse({"session_id": session_id, "type": "create_session"})
 
     async def heartbeat(request: Request) -> Response:
@@ -142,7 +174,14 @@ def build_app(
         return JSONResponse({"type": "session_heartbeat"})
 
     async def finish_session(request: Request) -> Response:
-        await service().sessions.finish_session(request.path_params["session_id"])
+        body = await _json(request)
+        reason = body.get("reason") if isinstance(body, dict) else None
+        status: dict[str, Any] = {
+            "type": "client_finished",
+            "reason": reason if isinstance(reason, dict) else {"type": "success"},
+            "detail": body.get("detail") if isinstance(body, dict) else None,
+        }
+        await service().sessions.finish_session(request.path_params["session_id"], status)
         return JSONResponse({})
 
     async def telemetry(_request: Request) -> Response:
@@ -228,7 +267,18 @@ def build_app(
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str):
             raise ServiceError(422, "retrieve_future needs a request_id string")
-        pending = service().sessions.futures.get(request_id)
+        futures = service().sessions.futures
+        pending = futures.get(request_id)
+        if pending is None and futures.from_earlier_boot(request_id):
+            # Answered as a failed request (RequestFailedError), which the SDK does not retry.
+            lost = Outcome.failed(
+                f"ServerRestarted: request {request_id} was accepted by an earlier process of "
+                "this server, which stopped before its result was retrieved; the result is "
+                "lost. Sessions, runs and checkpoints were kept: create a new training client "
+                "from the run's last checkpoint",
+                "server",
+            )
+            return Response(lost.body, media_type=lost.media_type)
         if pending is None:
             # 410: the SDK treats the promise as lost (and samplers resubmit).
             raise ServiceError(410, f"unknown or expired request id {request_id!r}")
@@ -239,16 +289,17 @@ def build_app(
             )
         return Response(outcome.body, media_type=outcome.media_type)
 
-    # -- checkpoints ---------------------------------------------------------------------
+    async def save_weights_external(request: Request) -> Response:
+        parsed = await _parse(request, types.SaveWeightsExternalRequest)
+        request_id = await service().training.save_weights_external(parsed)
+        return future(request_id, model_id=parsed.model_id)
 
-    async def list_checkpoints(request: Request) -> Response:
-        checkpoints = service().checkpoints.list_checkpoints(request.path_params["run_id"])
-        return JSONResponse({"checkpoints": checkpoints})
-
-    async def delete_checkpoint(request: Request) -> Response:
-        params = request.path_params
-        service().checkpoints.delete_checkpoint(params["run_id"], params["kind"], params["name"])
-        return JSONResponse({})
+    async def unknown(request: Request) -> Response:
+        raise ServiceError(
+            404,
+            f"this local Tinker server has no endpoint {request.method} {request.url.path} "
+            "(it may be newer than the server: see docs/backends.md for what it serves)",
+        )
 
     routes = [
         ("GET", "/healthz", healthz),
@@ -270,8 +321,9 @@ def build_app(
         ("GET", "/samplers/{sampler_id}", get_sampler),
         ("POST", "/asample", asample),
         ("POST", "/retrieve_future", retrieve_future),
-        ("GET", "/training_runs/{run_id}/checkpoints", list_checkpoints),
-        ("DELETE", "/training_runs/{run_id}/checkpoints/{kind}/{name}", delete_checkpoint),
+        ("POST", "/save_weights_external", save_weights_external),
+        *rest_routes(service),
+        *unavailable_routes(),
     ]
     middleware = [Middleware(ApiKeyCheck, keys=config.api_keys)]
     if config.fault_rate > 0:
@@ -292,7 +344,9 @@ def build_app(
         routes=[
             Route(PREFIX + path, endpoint(handler), methods=[method])
             for method, path, handler in routes
-        ],
+        ]
+        # Last: any other path is answered with a sentence, never a bare "Not Found".
+        + [Route("/{path:path}", endpoint(unknown), methods=list(_METHODS))],
         middleware=middleware,
         lifespan=lifespan,
     )

@@ -1,61 +1,66 @@
-"""Checkpoints and run records: saving, loading, listing and deleting them.
+"""Checkpoints: saving, loading, listing and deleting them, with Tinker's rules.
 
 A checkpoint is a file the local backend wrote at a ``CheckpointPath`` in the run's folder
-under the server's root; the SDK sees it as a ``TinkerPath``. Beside the checkpoints, the
-run's ``run.json`` records what the run trains, so a checkpoint can be loaded into a new
-model, in a later session or a later server process on the same root. ``run.json`` is
-replaced atomically and fsynced, like the checkpoints themselves.
+under the server's root; the SDK sees it as a ``TinkerPath``. Its metadata (time to live, user
+metadata, published) lives in the run's metadata file (``Records``). As on Tinker, a state
+save under a name the run already used is refused unless ``overwrite=True``, and a checkpoint
+past its ``expires_at`` is deleted (when its run's checkpoints are next listed or loaded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import msgspec
 from tinker import types
 
-from crucible._fs import write_bytes_atomically
 from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, describe
 from crucible.tinker_server._futures import Outcome, Pending, sdk_json
 from crucible.tinker_server._models import RunInfo, TrainingModel, new_backend
 from crucible.tinker_server._paths import SCHEME, TinkerPath, run_folder_name
+from crucible.tinker_server._records import CheckpointMeta, Records, check_ttl
 from crucible.tinker_server._sessions import Sessions, model_id_of
-from crucible.training import CheckpointNotFound, UnknownBaseModel
+from crucible.training import (
+    CheckpointError,
+    CheckpointNotFound,
+    InvalidCheckpointPath,
+    UnknownBaseModel,
+)
 from crucible.training.backends.local import PATH_KINDS, CheckpointPath, LocalBackend
 
-_CHECKPOINT_TYPES = {"weights": "training", "sampler_weights": "sampler"}
+_CHECKPOINT_TYPES: dict[str, types.CheckpointType] = {
+    "weights": "training",
+    "sampler_weights": "sampler",
+}
 _Saved = types.SaveWeightsResponse | types.SaveWeightsForSamplerResponse
 
 
+class CheckpointExists(ValueError):
+    """Tinker's answer to a save under a name the run already used, without overwrite."""
+
+
+def _when(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
 class Checkpoints:
-    def __init__(self, config: ServerConfig, sessions: Sessions) -> None:
+    def __init__(self, config: ServerConfig, sessions: Sessions, records: Records) -> None:
         self.config = config
         self.root = config.root
         self.sessions = sessions
-
-    # -- run records --------------------------------------------------------------------------
-
-    def _run_file(self, run_id: str) -> Path:
-        return self.root / run_folder_name(run_id) / "run.json"
-
-    async def write_run(self, run: RunInfo) -> None:
-        payload = msgspec.json.encode(run)
-        await anyio.to_thread.run_sync(
-            write_bytes_atomically, self._run_file(run.model_id), payload
-        )
+        self.records = records
 
     async def read_run(self, run_id: str) -> RunInfo:
-        try:
-            raw = await anyio.Path(self._run_file(run_id)).read_bytes()
-        except FileNotFoundError:
-            raise CheckpointNotFound(f"no training run {run_id!r} on this server") from None
-        return msgspec.json.decode(raw, type=RunInfo)
+        run = self.records.read_run_now(run_id)
+        if run is None:
+            raise CheckpointNotFound(f"no training run {run_id!r} on this server")
+        return run
 
     # -- saving and loading (ordered by the model's seq_id) -----------------------------------
 
@@ -64,19 +69,28 @@ class Checkpoints:
         return await self._save(
             request.model_id,
             request.seq_id,
-            "save_weights",
+            "weights",
+            name,
             lambda backend: backend.save_state(name),
+            overwrite=request.overwrite,
+            ttl_seconds=request.ttl_seconds,
+            user_metadata=request.user_metadata,
         )
 
     async def save_weights_for_sampler(self, request: types.SaveWeightsForSamplerRequest) -> str:
-        """A named save; an unnamed one is a sampling session (``Sampling.snapshot``)."""
+        """A named save; an unnamed one is a sampling session (``Sampling.snapshot``). Sampler
+        saves have no ``overwrite`` flag in Tinker's API: saving a name again replaces it."""
         name = request.path
         assert name is not None
         return await self._save(
             request.model_id,
             request.seq_id,
-            "save_weights_for_sampler",
+            "sampler_weights",
+            name,
             lambda backend: backend.save_weights_for_sampler(name),
+            overwrite=True,
+            ttl_seconds=request.ttl_seconds,
+            user_metadata=request.user_metadata,
         )
 
     async def _save(
@@ -84,18 +98,50 @@ class Checkpoints:
         model_id: str,
         seq_id: int | None,
         kind: str,
+        name: str,
         save: Callable[[LocalBackend], Awaitable[Awaitable[_Saved]]],
+        *,
+        overwrite: bool,
+        ttl_seconds: int | None,
+        user_metadata: dict[str, str] | None,
     ) -> str:
         model = self.sessions.model(model_id)
+        check_ttl(ttl_seconds)  # refused at once (and the seq_id used up) when out of range
+        answer_type = "save_weights" if kind == "weights" else "save_weights_for_sampler"
 
         async def submit(pending: Pending) -> None:
-            await self.sessions.submit(
-                pending,
-                save(model.backend),
-                lambda saved: _path_result(saved.path, model, kind),
-            )
+            # Checked at the request's turn: an earlier save in the queue counts.
+            if not overwrite and self._exists(model, kind, name):
+                error = CheckpointExists(
+                    f"Checkpoint {name!r} already exists for model {model.model_id} in "
+                    f"{kind}. Please choose a different name to avoid overwriting."
+                )
+                pending.resolve(Outcome.failed(describe(error), "user"))
+                return
+
+            async def saved() -> Outcome:
+                result = await future
+                path = TinkerPath.from_local(result.path, model.run_id)
+                meta = CheckpointMeta(time.time(), check_ttl(ttl_seconds), user_metadata)
+                await self.records.set_metadata(model.run_id, path.checkpoint_id, meta)
+                return Outcome.json({"path": str(path), "type": answer_type})
+
+            try:
+                future = await save(model.backend)
+            except Exception as error:
+                pending.resolve(Outcome.failed(describe(error), "user"))
+                return
+            self.sessions.finish(pending, saved, lambda outcome: outcome)
 
         return await model.accept(seq_id, self.sessions.futures, submit)
+
+    def _exists(self, model: TrainingModel, kind: str, name: str) -> bool:
+        text = f"{SCHEME}{model.run_id}/{kind}/{name}"
+        try:
+            path = TinkerPath.parse(text)
+        except CheckpointError:
+            return False  # the backend refuses the name itself, with its own message
+        return path.local.file(self.root).is_file()
 
     async def load_weights(self, request: types.LoadWeightsRequest) -> str:
         assert request.model_id is not None
@@ -138,61 +184,90 @@ class Checkpoints:
                     f"{request.path} was trained on {source.base_model!r}, not "
                     f"{request.base_model!r}; this server cannot move checkpoints across models"
                 )
-            run = msgspec.structs.replace(source, model_id=model_id)
-            backend = await anyio.to_thread.run_sync(new_backend, self.config, run, model_id)
+            run = msgspec.structs.replace(
+                source,
+                model_id=model_id,
+                session_id=session_id,
+                user_metadata=request.user_metadata,
+                created=time.time(),
+            )
+            folder = run_folder_name(model_id)
+            backend = await anyio.to_thread.run_sync(new_backend, self.config, run, folder)
             try:
                 await (await backend.load_state(str(path.local), request.optimizer))
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await backend.aclose()
                 raise
-            await self.write_run(run)
+            await self.records.write_run(run)
             self.sessions.add_model(TrainingModel(model_id, session_id, run, backend))
             return types.LoadWeightsResponse(path=str(path), model_id=model_id)
 
         self.sessions.finish(pending, create, sdk_json("load_weights"))
         return pending.request_id
 
-    # -- listing and deleting -----------------------------------------------------------------
+    # -- listing, metadata and deleting -------------------------------------------------------
 
-    def list_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        folder_name = run_folder_name(run_id)
-        folder = self.root / folder_name
+    async def entries(self, run_id: str) -> list[types.Checkpoint]:
+        """The run's checkpoints, newest first; expired ones are deleted, not listed."""
+        folder = self.records.run_folder(run_id)
         if not folder.is_dir():
             raise ServiceError(404, f"no training run {run_id!r} on this server")
-        found: list[tuple[float, dict[str, Any]]] = []
+        metadata = self.records.metadata(run_id)
+        now = time.time()
+        found: list[types.Checkpoint] = []
         for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir()):
             for kind in PATH_KINDS:
-                path = TinkerPath(run_id, CheckpointPath(folder_name, kind, checkpoint.name))
+                path = TinkerPath(run_id, CheckpointPath(folder.name, kind, checkpoint.name))
                 file = path.local.file(self.root)
                 if not file.is_file():
                     continue
                 stat = file.stat()
+                meta = metadata.get(path.checkpoint_id, CheckpointMeta(stat.st_mtime))
+                if meta.expires_at is not None and meta.expires_at <= now:
+                    await self.delete(str(path))
+                    continue
                 found.append(
-                    (
-                        stat.st_mtime,
-                        {
-                            "checkpoint_id": path.checkpoint_id,
-                            "checkpoint_type": _CHECKPOINT_TYPES[kind],
-                            "time": dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).isoformat(),
-                            "tinker_path": str(path),
-                            "size_bytes": stat.st_size,
-                        },
+                    types.Checkpoint(
+                        checkpoint_id=path.checkpoint_id,
+                        checkpoint_type=_CHECKPOINT_TYPES[kind],
+                        time=_when(meta.created),
+                        tinker_path=str(path),
+                        size_bytes=stat.st_size,
+                        public=meta.public,
+                        user_metadata=meta.user_metadata,
+                        expires_at=None if meta.expires_at is None else _when(meta.expires_at),
                     )
                 )
-        return [entry for _mtime, entry in sorted(found, key=lambda item: item[0], reverse=True)]
+        return sorted(found, key=lambda entry: entry.time, reverse=True)
 
-    def delete_checkpoint(self, run_id: str, kind: str, name: str) -> None:
+    def existing(self, tinker_path: str) -> TinkerPath:
+        """The path of a checkpoint that exists (else 404; a malformed path is 400)."""
         try:
-            path = TinkerPath.parse(f"{SCHEME}{run_id}/{kind}/{name}")
-        except ValueError as error:
+            path = TinkerPath.parse(tinker_path)
+        except CheckpointNotFound as error:
+            raise ServiceError(404, describe(error)) from None
+        except InvalidCheckpointPath as error:
             raise ServiceError(400, describe(error)) from None
+        if not path.local.file(self.root).is_file():
+            raise ServiceError(404, f"no checkpoint {path} on this server")
+        return path
+
+    async def update(self, tinker_path: str, **changes: object) -> None:
+        """Change a checkpoint's metadata (``expires_at``, ``public``)."""
+        path = self.existing(tinker_path)
         file = path.local.file(self.root)
-        if not file.is_file():
-            raise ServiceError(404, f"no checkpoint {path}")
+        meta = self.records.metadata(path.run_id).get(
+            path.checkpoint_id, CheckpointMeta(file.stat().st_mtime)
+        )
+        await self.records.set_metadata(
+            path.run_id, path.checkpoint_id, msgspec.structs.replace(meta, **changes)
+        )
+
+    async def delete(self, tinker_path: str) -> None:
+        path = self.existing(tinker_path)
+        file = path.local.file(self.root)
         file.unlink()
-
-
-def _path_result(local_path: str, model: TrainingModel, kind: str) -> Outcome:
-    path = TinkerPath.from_local(local_path, model.run_id)
-    return Outcome.json({"path": str(path), "type": kind})
+        with contextlib.suppress(OSError):  # the folder may still hold the other kind
+            file.parent.rmdir()
+        await self.records.set_metadata(path.run_id, path.checkpoint_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +21,10 @@ class ServerConfig:
     before answering ``try_again`` (the SDK re-polls at once, so this must be long, and under the
     SDK's 45 s read timeout). ``client_config`` is merged into the ``/client/config`` answer, for
     example ``{"fwdbwd_max_chunk_len": 2}`` to make the SDK split forward_backward into chunks.
+
+    ``session_timeout_s``: a session whose heartbeats (every 10 s from the SDK) stop for this
+    long expires and its models are freed. ``on_session_expired`` is called (on the server's
+    thread) with the id of each session that expires: for tests and embedding.
     """
 
     host: str = "127.0.0.1"
@@ -33,6 +38,13 @@ class ServerConfig:
     fault_retry_after_ms: int = 20
     torch_threads: int | None = None
     client_config: dict[str, Any] = attrs.field(factory=dict)
+    session_timeout_s: float = attrs.field(default=120.0)
+    on_session_expired: Callable[[str], None] | None = attrs.field(default=None, eq=False)
+
+    @session_timeout_s.validator
+    def _check_session_timeout(self, _attribute: Any, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"session_timeout_s must be > 0, got {value}")
 
     @long_poll_s.validator
     def _check_long_poll(self, _attribute: Any, value: float) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
@@ -69,17 +71,29 @@ class Pending:
         return self.outcome
 
 
+_REQUEST_ID = re.compile(r"req-([0-9a-f]{8})-[0-9]+")
+
+
 class FutureTable:
     """Request ids to pending results; the oldest finished ones are forgotten past ``limit``
-    (a client re-polling a forgotten id gets 410, which the SDK treats as a lost promise)."""
+    (a client re-polling a forgotten id gets 410, which the SDK treats as a lost promise).
+
+    Ids are ``req-<boot>-<n>`` with a random ``boot`` per server process, so after a restart an
+    id of the old process is recognised as such (``from_earlier_boot``) and never mistaken for
+    a new request that happens to have the same number."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self._limit = limit
         self._entries: OrderedDict[str, Pending] = OrderedDict()
         self._ids = itertools.count(1)
+        self.boot = secrets.token_hex(4)
+
+    def from_earlier_boot(self, request_id: str) -> bool:
+        match = _REQUEST_ID.fullmatch(request_id)
+        return match is not None and match.group(1) != self.boot
 
     def new(self) -> Pending:
-        pending = Pending(f"req-{next(self._ids)}")
+        pending = Pending(f"req-{self.boot}-{next(self._ids)}")
         self._entries[pending.request_id] = pending
         while len(self._entries) > self._limit:
             oldest_id, oldest = next(iter(self._entries.items()))

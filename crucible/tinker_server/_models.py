@@ -10,6 +10,7 @@ nothing is applied twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -19,7 +20,6 @@ import msgspec
 from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, category, describe
 from crucible.tinker_server._futures import FutureTable, Outcome, Pending
-from crucible.tinker_server._paths import run_folder_name
 from crucible.training import UnknownBaseModel
 from crucible.training.backends.local import (
     BASE_MODELS,
@@ -43,6 +43,9 @@ class RunInfo(msgspec.Struct, frozen=True):
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = True
+    session_id: str = ""
+    user_metadata: dict[str, str] | None = None
+    created: float = 0.0  # seconds since the epoch
 
 
 def local_lora(run: RunInfo) -> LoraConfig:
@@ -66,16 +69,16 @@ def check_base_model(name: str) -> None:
         )
 
 
-def new_backend(config: ServerConfig, run: RunInfo, run_id: str) -> LocalBackend:
-    """A local backend for ``run`` whose checkpoints go to the run folder of ``run_id``
-    (blocking: it builds the model)."""
+def new_backend(config: ServerConfig, run: RunInfo, folder: str) -> LocalBackend:
+    """A local backend for ``run`` whose checkpoints go to ``folder`` under the root (see
+    ``run_folder_name``; blocking: it builds the model)."""
     return LocalBackend(
         LocalBackendConfig(
             base_model=run.base_model,
             lora=local_lora(run),
             seed=run.seed,
             checkpoint_root=config.root,
-            run_id=run_folder_name(run_id),
+            run_id=folder,
             num_threads=config.torch_threads,
         )
     )
@@ -90,9 +93,12 @@ class TrainingModel:
         self.session_id = session_id
         self.run = run
         self.backend = backend
+        self.last_request = run.created  # seconds since the epoch
         self.next_seq = 1  # seq 0 is the creation (or the load that created it)
         self._waiting: dict[int, tuple[Pending, Submit]] = {}
-        self._accepted: dict[int, str] = {}
+        # Each seq_id's record: the request id it was accepted under, or the refusal it got, so
+        # a repeat of the same seq_id is answered from the record and never applied twice.
+        self._accepted: dict[int, str | ServiceError] = {}
         self._lock = anyio.Lock()
 
     @property
@@ -108,8 +114,11 @@ class TrainingModel:
         """Queue one request; returns its request id. ``submit`` runs when its turn comes."""
         if seq_id is None or seq_id < 1:
             raise ServiceError(400, f"seq_id must be an integer >= 1 for {self.model_id}")
+        self.last_request = time.time()
         async with self._lock:
             known = self._accepted.get(seq_id)
+            if isinstance(known, ServiceError):
+                raise known
             if known is not None:
                 return known
             if seq_id < self.next_seq:
@@ -117,13 +126,31 @@ class TrainingModel:
             pending = futures.new()
             self._accepted[seq_id] = pending.request_id
             self._waiting[seq_id] = (pending, submit)
-            # Submitting to the backend only queues work on its thread, so holding the lock
-            # while draining is brief and keeps the backend's order equal to seq_id order.
-            while self.next_seq in self._waiting:
-                ready, run = self._waiting.pop(self.next_seq)
-                self.next_seq += 1
-                try:
-                    await run(ready)
-                except Exception as error:  # every accepted request must get an outcome
-                    ready.resolve(Outcome.failed(describe(error), category(error)))
+            await self._drain()
             return pending.request_id
+
+    async def refuse(self, seq_id: int, refusal: ServiceError) -> None:
+        """Record that the request numbered ``seq_id`` was refused before it was queued (bad
+        body, unknown endpoint, ...). Its number is used up, so the later requests of the
+        model run; the same seq_id sent again gets the same refusal."""
+        async with self._lock:
+            if seq_id < self.next_seq or seq_id in self._accepted:
+                return  # already applied or accepted: a refusal cannot undo it
+            self._accepted[seq_id] = refusal
+            self._waiting[seq_id] = (Pending(f"refused-{seq_id}"), _nothing)
+            await self._drain()
+
+    async def _drain(self) -> None:
+        # Submitting to the backend only queues work on its thread, so holding the lock while
+        # draining is brief and keeps the backend's order equal to seq_id order.
+        while self.next_seq in self._waiting:
+            ready, run = self._waiting.pop(self.next_seq)
+            self.next_seq += 1
+            try:
+                await run(ready)
+            except Exception as error:  # every accepted request must get an outcome
+                ready.resolve(Outcome.failed(describe(error), category(error)))
+
+
+async def _nothing(_pending: Pending) -> None:
+    """The turn of a refused request: nothing to run."""

@@ -9,19 +9,34 @@ path type owns the ``local://`` syntax, the file layout and the rules for names.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import attrs
 
-from crucible.training import InvalidCheckpointPath
+from crucible.training import CheckpointNotFound, InvalidCheckpointPath
 from crucible.training.backends.local import PATH_KINDS, CheckpointPath, PathKind
 
 SCHEME: Final = "tinker://"
+#: Every run this server creates is named ``<session id>:train:<model seq id>``; nothing else is
+#: a run id, so no client-sent id can name a folder outside the root (``..``, ``a/b``, ``.``).
+RUN_ID: Final = re.compile(r"[0-9a-f]{16}:train:[0-9]{1,9}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if this server could have created it, else ``CheckpointNotFound`` (answered
+    404, touching no file)."""
+    if not RUN_ID.fullmatch(run_id):
+        raise CheckpointNotFound(
+            f"no training run {run_id!r} on this server: its runs are named "
+            "'<session id>:train:<n>' (16 hex digits, ':train:', a number)"
+        )
+    return run_id
 
 
 def run_folder_name(run_id: str) -> str:
     """The local backend's run id (its folder under the server's root) for a Tinker run."""
-    return run_id.replace(":", "_")
+    return check_run_id(run_id).replace(":", "_")
 
 
 @attrs.frozen
@@ -38,6 +53,7 @@ class TinkerPath:
                 f"'{SCHEME}<run>/weights/<name>' or '{SCHEME}<run>/sampler_weights/<name>'"
             )
         run_id, kind, name = parts
+        check_run_id(run_id)
         local = CheckpointPath(
             run_folder_name(run_id), "weights" if kind == "weights" else "sampler_weights", name
         )

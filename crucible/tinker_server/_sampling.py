@@ -1,7 +1,10 @@
-"""Sampling sessions: from a base model, a saved checkpoint, or a snapshot of a training model.
+"""Sampling sessions: from a base model, a saved checkpoint, or the weights of a training model.
 
 Samplers of saved checkpoints and base models are built by a host backend, one per base model
-and LoRA shape, that only builds samplers.
+and LoRA shape, that only builds samplers. An unnamed save of a training model's weights is
+``kind="snapshot"`` (the sampler keeps the weights of that moment) or ``kind="inflight"``: as
+Tinker documents it, every inflight sampler of a model shares one mutable target, and each
+later inflight save moves that target, for existing inflight samplers too.
 """
 
 from __future__ import annotations
@@ -24,11 +27,22 @@ from crucible.training.backends.local import LocalBackend, LocalSamplingClient
 
 
 @attrs.define
+class WeightsTarget:
+    """The weights a sampler samples from; shared by a model's inflight samplers."""
+
+    client: LocalSamplingClient
+
+
+@attrs.define
 class Sampler:
     sampler_id: str
     base_model: str
     model_path: str | None
-    client: LocalSamplingClient
+    target: WeightsTarget
+
+    @property
+    def client(self) -> LocalSamplingClient:
+        return self.target.client
 
 
 class Sampling:
@@ -41,6 +55,7 @@ class Sampling:
         self._samples: dict[tuple[str, int], tuple[str, list[str]]] = {}
         self._hosts: dict[tuple[str, int, tuple[str, ...]], LocalBackend] = {}
         self._host_lock = anyio.Lock()
+        self._inflight: dict[str, WeightsTarget] = {}  # model id -> its inflight target
 
     async def _host(self, run: RunInfo) -> LocalBackend:
         lora = local_lora(run)
@@ -76,19 +91,31 @@ class Sampling:
             raise ServiceError(404, describe(error)) from None
         except ValueError as error:  # bad path, unknown base model, mismatched checkpoint
             raise ServiceError(400, describe(error)) from None
-        self.samplers[sampler_id] = Sampler(sampler_id, base_model, request.model_path, client)
+        self.samplers[sampler_id] = Sampler(
+            sampler_id, base_model, request.model_path, WeightsTarget(client)
+        )
         self._created_samplers[key] = sampler_id
+        self.sessions.add_sampler(request.session_id, sampler_id)
         return sampler_id
 
     async def snapshot(self, request: types.SaveWeightsForSamplerRequest) -> str:
-        """An unnamed ``save_weights_for_sampler``: the model's current weights become a new
-        sampling session (in the model's seq_id order)."""
+        """An unnamed ``save_weights_for_sampler``: the model's current weights (in the model's
+        seq_id order) become a new sampling session, fixed (snapshot) or shared (inflight)."""
         model = self.sessions.model(request.model_id)
         sampler_id = sampler_id_of(model.session_id, request.sampling_session_seq_id)
+        inflight = request.kind == "inflight"
 
         async def submit(pending: Pending) -> None:
             def register(client: LocalSamplingClient) -> Outcome:
-                self.samplers[sampler_id] = Sampler(sampler_id, model.run.base_model, None, client)
+                target = self._inflight.get(model.model_id) if inflight else None
+                if target is None:
+                    target = WeightsTarget(client)
+                    if inflight:
+                        self._inflight[model.model_id] = target
+                else:
+                    target.client = client  # every inflight sampler of the model moves on
+                self.samplers[sampler_id] = Sampler(sampler_id, model.run.base_model, None, target)
+                self.sessions.add_sampler(model.session_id, sampler_id)
                 return Outcome.json(
                     {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
                 )

@@ -9,6 +9,7 @@ from anyio.abc import TaskGroup
 
 from crucible.tinker_server._checkpoints import Checkpoints
 from crucible.tinker_server._config import ServerConfig
+from crucible.tinker_server._records import Records
 from crucible.tinker_server._sampling import Sampling
 from crucible.tinker_server._sessions import Sessions
 from crucible.tinker_server._training import Training
@@ -17,8 +18,10 @@ from crucible.training.backends.local import BASE_MODELS
 
 class TinkerService:
     def __init__(self, config: ServerConfig, task_group: TaskGroup) -> None:
-        self.sessions = Sessions(task_group)
-        self.checkpoints = Checkpoints(config, self.sessions)
+        self.records = Records(config.root)
+        self.sessions = Sessions(config, task_group, self.records)
+        task_group.start_soon(self.sessions.expire_idle_sessions)
+        self.checkpoints = Checkpoints(config, self.sessions, self.records)
         self.training = Training(config, self.sessions, self.checkpoints)
         self.sampling = Sampling(config, self.sessions, self.checkpoints)
 

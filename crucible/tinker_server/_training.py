@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 
 import anyio.to_thread
 from tinker import types
@@ -19,6 +21,7 @@ from crucible.tinker_server._models import (
     local_lora,
     new_backend,
 )
+from crucible.tinker_server._paths import run_folder_name
 from crucible.tinker_server._sessions import Sessions, model_id_of
 from crucible.tinker_server._wire import (
     PROTOBUF,
@@ -58,6 +61,9 @@ class Training:
             train_attn=lora.train_attn,
             train_mlp=lora.train_mlp,
             train_unembed=lora.train_unembed,
+            session_id=request.session_id,
+            user_metadata=request.user_metadata,
+            created=time.time(),
         )
         try:
             local_lora(run)
@@ -66,8 +72,9 @@ class Training:
         pending = self.sessions.create(request.session_id, request.model_seq_id)
 
         async def create() -> str:
-            backend = await anyio.to_thread.run_sync(new_backend, self.config, run, model_id)
-            await self.checkpoints.write_run(run)
+            folder = run_folder_name(model_id)
+            backend = await anyio.to_thread.run_sync(new_backend, self.config, run, folder)
+            await self.checkpoints.records.write_run(run)
             self.sessions.add_model(TrainingModel(model_id, request.session_id, run, backend))
             return model_id
 
@@ -99,14 +106,34 @@ class Training:
         params = request.optim_params
 
         async def submit(pending: Pending) -> None:
-            if not isinstance(params, types.AdamParams):
-                pending.resolve(
-                    Outcome.failed(
-                        f"ValueError: optimizer params {params!r} are not AdamParams", "user"
-                    )
+            if isinstance(params, types.AdamParams):
+                problem = adam_problem(params)
+                if problem is None:
+                    step = model.backend.optim_step(params)
+                    await self.sessions.submit(pending, step, sdk_json(None))
+                    return
+            else:
+                problem = f"optimizer params {params!r} are not AdamParams (this model uses adamw)"
+            pending.resolve(Outcome.failed(f"ValueError: {problem}", "user"))
+
+        return await model.accept(request.seq_id, self.sessions.futures, submit)
+
+    async def save_weights_external(self, request: types.SaveWeightsExternalRequest) -> str:
+        """Tinker exports the weights to its external-weights bucket and hands out signed URLs;
+        a local server has no such bucket. The request fails alone (in its turn), so the
+        client's later requests run."""
+        model = self.sessions.model(request.model_id)
+
+        async def submit(pending: Pending) -> None:
+            pending.resolve(
+                Outcome.failed(
+                    "NotSupported: save_weights_external exports to Tinker's external-weights "
+                    "bucket, which this local server does not have; the checkpoints of "
+                    "save_state and save_weights_for_sampler are already files under the "
+                    f"server's root ({self.config.root})",
+                    "user",
                 )
-                return
-            await self.sessions.submit(pending, model.backend.optim_step(params), sdk_json(None))
+            )
 
         return await model.accept(request.seq_id, self.sessions.futures, submit)
 
@@ -118,3 +145,21 @@ class Training:
 
 def _proto_output(output: types.ForwardBackwardOutput) -> Outcome:
     return Outcome(encode_forward_backward_output(output), PROTOBUF)
+
+
+def adam_problem(params: types.AdamParams) -> str | None:
+    """What makes Adam's hyperparameters invalid (the checks torch.optim.AdamW makes, and
+    finiteness), or None."""
+    checks = (
+        ("learning_rate", params.learning_rate, params.learning_rate >= 0.0),
+        ("beta1", params.beta1, 0.0 <= params.beta1 < 1.0),
+        ("beta2", params.beta2, 0.0 <= params.beta2 < 1.0),
+        ("eps", params.eps, params.eps >= 0.0),
+        ("weight_decay", params.weight_decay, params.weight_decay >= 0.0),
+        ("grad_clip_norm", params.grad_clip_norm, params.grad_clip_norm >= 0.0),
+    )
+    for name, value, valid in checks:
+        if not (valid and math.isfinite(value)):
+            bounds = "in [0, 1)" if name.startswith("beta") else ">= 0 and finite"
+            return f"Invalid {name}: {value} (AdamParams.{name} must be {bounds})"
+    return None

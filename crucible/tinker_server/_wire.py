@@ -7,6 +7,7 @@ must go back as protobuf: the SDK refuses JSON for those two types.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,7 +91,7 @@ def datums(message: pb.ForwardBackwardRequest) -> list[types.Datum]:
             raw = chunk.encoded_text.tokens
             if len(raw) % 4:
                 raise BadTensor(f"datum {index}: token bytes are not whole int32 values")
-            tokens.extend(int(t) for t in np.frombuffer(raw, dtype=np.int32))
+            tokens.extend(np.frombuffer(raw, dtype=np.int32).tolist())
         inputs = {
             name: _tensor(tensor, f"datum {index} loss_fn_inputs[{name!r}]")
             for name, tensor in datum.loss_fn_inputs.items()
@@ -144,3 +145,27 @@ def encode_sample_response(
         message.prompt_logprobs = np.asarray(values, dtype=np.float32).tobytes()
     encoded: bytes = message.SerializeToString()
     return encoded
+
+
+def training_turn(
+    body: bytes, content_type: str, content_encoding: str | None
+) -> tuple[str, int] | None:
+    """``(model_id, seq_id)`` named by a training request's body, if it names them: what a
+    refused request used up. None for a body that names no turn (or cannot be read at all)."""
+    if content_type.startswith(PROTOBUF):
+        try:
+            message = pb.ForwardBackwardRequest()
+            message.ParseFromString(decode_body(body, content_encoding))
+        except (MalformedBody, DecodeError):
+            return None
+        return (message.model_id, message.seq_id) if message.model_id and message.seq_id else None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    model_id, seq_id = parsed.get("model_id"), parsed.get("seq_id")
+    if isinstance(model_id, str) and isinstance(seq_id, int) and not isinstance(seq_id, bool):
+        return model_id, seq_id
+    return None

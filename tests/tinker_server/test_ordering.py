@@ -19,9 +19,9 @@ from .tinker_kit import ADAM, BASE_MODEL, TASK, service_client
 
 
 def _model() -> TrainingModel:
-    run = RunInfo("s:train:0", BASE_MODEL, lora_rank=4, seed=0)
+    run = RunInfo("000000000000000a:train:0", BASE_MODEL, lora_rank=4, seed=0)
     backend: Any = None  # the sequencer never touches the backend itself
-    return TrainingModel("s:train:0", "s", run, backend)
+    return TrainingModel("000000000000000a:train:0", "s", run, backend)
 
 
 @settings(deadline=None, max_examples=50)

@@ -192,9 +192,14 @@ def test_the_cli_parses_its_options(tmp_path: Path) -> None:
             "0.25",
             "--fault-kinds",
             "503,drop",
+            "--session-timeout",
+            "30",
         ]
     )
+    assert config.session_timeout_s == 30.0
     assert config.api_keys == {"tml-a", "tml-b"}
     assert config.fault_rate == 0.25 and config.fault_kinds == ("503", "drop")
     with pytest.raises(SystemExit):
         parse_args(["--fault-rate", "2"])
+    with pytest.raises(SystemExit):
+        parse_args(["--session-timeout", "0"])

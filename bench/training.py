@@ -1,9 +1,10 @@
 """Training benchmarks: ``python -m bench.training``.
 
-1. Local backend throughput: tokens/s of forward_backward (and of a full train step) on the
-   default model, called directly on the engine (the baseline: plain torch, same thread) and
-   through LocalBackend's async two-stage API (worker thread, futures). The ratio is the cost of
-   keeping torch off the event loop.
+1. Local backend throughput: tokens/s of a train step on the default model, three ways:
+   the old hand-written transformer + LoRA (bench/_handwritten.py, same weights; the baseline
+   the transformers + peft path must stay within 1.25x of), the transformers + peft engine
+   called directly (plain torch, same thread), and through LocalBackend's async two-stage API
+   (worker thread, futures): the cost of keeping torch off the event loop.
 2. Session overhead: 200 train steps through the supervised Session actor vs calling a
    50 ms-per-op backend directly (bench/session_overhead.py).
 """
@@ -24,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from tinker import types
 
+from bench._handwritten import LoraConfig as HandLora
+from bench._handwritten import ModelConfig, TinyTransformer, add_lora, lora_parameters
 from crucible.recipes._tasks import default_task_split
 from crucible.training.backends.local import ByteTokenizer, LocalBackend, LocalBackendConfig
 from crucible.training.backends.local._engine import LocalEngine
@@ -79,6 +82,8 @@ async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) 
     config = LocalBackendConfig(checkpoint_root=root, run_id="bench")
     engine = LocalEngine(config)  # the baseline: plain torch in this thread
 
+    hand = handwritten_step(data)
+
     async def direct_fwd_bwd() -> None:
         engine.forward_backward(data, "cross_entropy")
         engine.optimizer.zero_grad(set_to_none=True)
@@ -99,6 +104,7 @@ async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) 
             await optim
 
         modes = {
+            "train step, hand-written model (baseline)": hand,
             "forward_backward, direct (baseline)": direct_fwd_bwd,
             "forward_backward, LocalBackend": backend_fwd_bwd,
             "train step, direct (baseline)": direct_train_step,
@@ -106,6 +112,38 @@ async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) 
         }
         await measure(modes, steps=2, rounds=1)  # warm up
         return await measure(modes, steps, rounds)
+
+
+def handwritten_step(data: Sequence[types.Datum]) -> Callable[[], Awaitable[None]]:
+    """The removed hand-written path: the same base weights, LoRA r16 on q/k/v/o/up/down,
+    the same weighted cross-entropy and AdamW, one train step per call."""
+    from crucible.training.backends.local._legacy import _read_state
+
+    model = TinyTransformer(ModelConfig(vocab_size=264))
+    model.load_state_dict(_read_state("tiny-2l-128.pt"))
+    add_lora(model, HandLora(), torch.Generator().manual_seed(0))
+    parameters = list(lora_parameters(model).values())
+    optimizer = torch.optim.AdamW(parameters, lr=3e-3, foreach=False)
+    width = max(d.model_input.length for d in data)
+    inputs = torch.full((len(data), width), 256, dtype=torch.int64)
+    targets = torch.zeros((len(data), width), dtype=torch.int64)
+    weights = torch.zeros((len(data), width))
+    for row, datum in enumerate(data):
+        n = datum.model_input.length
+        inputs[row, :n] = torch.tensor(datum.model_input.to_ints())
+        targets[row, :n] = datum.loss_fn_inputs["target_tokens"].to_torch().flatten()
+        weights[row, :n] = datum.loss_fn_inputs["weights"].to_torch().flatten()
+
+    async def step() -> None:
+        logprobs = torch.log_softmax(model(inputs).float(), dim=-1)
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        (-(picked * weights).sum()).backward()  # type: ignore[no-untyped-call]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        torch.nn.utils.clip_grads_with_norm_(parameters, 1.0, norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,14 +160,22 @@ def main(argv: list[str] | None = None) -> None:
         results = anyio.run(local_throughput, args.batch_size, args.steps, args.rounds, root)
     tokens = tokens_in(chat_batch(args.batch_size))
     table = Table(
-        title=f"local backend, crucible/tiny-2l-128, LoRA r16, batch {args.batch_size} "
+        title="local backend, crucible/tiny-2l-128 (transformers GPT-2 + peft), LoRA r16, "
+        f"batch {args.batch_size} "
         f"({tokens} tokens), median of {args.rounds} rounds x {args.steps} ops, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
-    for column in ("mode", "ms/op", "tokens/s", "vs direct"):
+    for column in ("mode", "ms/op", "tokens/s", "vs baseline"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for mode, seconds in results.items():
-        baseline = results[mode.split(",")[0] + ", direct (baseline)"]
+        kind = mode.split(",")[0]
+        baseline = results[
+            "train step, hand-written model (baseline)"
+            if mode == "train step, direct (baseline)"
+            else kind + ", direct (baseline)"
+            if "hand-written" not in mode
+            else mode
+        ]
         table.add_row(
             mode, f"{seconds * 1e3:.1f}", f"{tokens / seconds:,.0f}", f"{seconds / baseline:.3f}x"
         )

@@ -4,7 +4,11 @@ The default ``Evaluator`` adapter. NLL uses ``forward`` (no gradients) over the 
 conversations; accuracy samples each prompt greedily from a snapshot of the current weights
 (or from a saved sampler checkpoint) and compares the answer with the expected last assistant
 turn, ignoring surrounding whitespace. All requests are submitted before any is awaited, so
-the backend's queue never runs dry.
+the backend's queue never runs dry and the local backend decodes them as batches.
+
+Prompts are fitted to ``max_length`` as training examples are: a prompt plus ``max_tokens``
+must fit, so the oldest turns (after a system message) are dropped until it does; a problem
+whose last turn alone is too long is skipped and counted (``eval/skipped``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import attrs
 from tinker import types
 
 from crucible.recipes._data import Conversation
-from crucible.recipes._render import ChatRenderer, TrainOn, datum_weight
+from crucible.recipes._render import ChatRenderer, TrainOn, datum_weight, fit_prompt
 from crucible.training import SamplingClient, TrainingBackend
 
 
@@ -27,9 +31,12 @@ class EvalResult:
     accuracy: float  # exact match over the sampled examples
     per_task: dict[str, float] = attrs.field(factory=dict)
     examples: int = 0
+    skipped: int = 0  # problems whose prompt does not fit max_length even with turns dropped
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         values = {f"{prefix}/nll": self.nll, f"{prefix}/accuracy": self.accuracy}
+        if self.skipped:
+            values[f"{prefix}/skipped"] = float(self.skipped)
         values.update({f"{prefix}/accuracy/{task}": acc for task, acc in self.per_task.items()})
         return values
 
@@ -78,9 +85,14 @@ class SamplingEvaluator:
             max_tokens=self.max_tokens, temperature=0.0, seed=0, stop=self.renderer.stop
         )
         pending: list[tuple[Conversation, str, Awaitable[types.SampleResponse]]] = []
+        budget = max(1, self.max_length - self.max_tokens)
+        skipped = 0
         for conversation in subset:
             history, answer = conversation.split_last_answer()
-            prompt = self.renderer.prompt(history)
+            prompt = fit_prompt(self.renderer, history, budget)
+            if prompt is None:
+                skipped += 1
+                continue
             pending.append((conversation, answer, await sampler.sample(prompt, 1, greedy)))
         right: dict[str, list[bool]] = defaultdict(list)
         for conversation, answer, future in pending:
@@ -90,7 +102,8 @@ class SamplingEvaluator:
             right[conversation.task or "all"].append(correct)
         every = [ok for group in right.values() for ok in group]
         per_task = {task: sum(v) / len(v) for task, v in sorted(right.items()) if task != "all"}
-        return EvalResult(nll, sum(every) / len(every), per_task, len(every))
+        accuracy = sum(every) / len(every) if every else float("nan")
+        return EvalResult(nll, accuracy, per_task, len(every), skipped)
 
     async def _nll(self, client: TrainingBackend, subset: Sequence[Conversation]) -> float:
         data = [self.renderer.datum(c, self.train_on, self.max_length) for c in subset]

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from crucible.recipes import ChatRenderer, Conversation, Message, datum_weight
-from crucible.recipes._render import ROLE_COLON, template_for
+from crucible.recipes._render import (
+    ROLE_COLON,
+    TokenizerTemplate,
+    fit_prompt,
+    render_data,
+    template_for,
+)
 from crucible.training.backends.local import ByteTokenizer
+from crucible.training.port import MissingChatTemplate
 
 TOKENIZER = ByteTokenizer()
 RENDERER = ChatRenderer(TOKENIZER)
@@ -74,7 +82,40 @@ def test_auto_picks_plain_text_turns_for_tokenizers_without_special_tokens() -> 
         def decode(self, tokens: list[int]) -> str:
             return bytes(tokens).decode()
 
-    assert template_for("auto", TOKENIZER) == RENDERER.template
+    assert template_for("auto", TOKENIZER) == TokenizerTemplate("<|end|>")
     assert template_for("auto", Plain()) is ROLE_COLON
+    with pytest.raises(MissingChatTemplate, match="role_colon"):
+        template_for("tokenizer", Plain())
     rendered = ChatRenderer(Plain(), ROLE_COLON).render(DIALOGUE, "last_assistant")
     assert bytes(rendered.tokens).decode().startswith("System: be brief\n\nUser: 2+2?")
+
+
+HF_RENDERER = ChatRenderer(TOKENIZER, template_for("tokenizer", TOKENIZER))
+
+
+@pytest.mark.parametrize("train_on", ["all_assistant", "last_assistant"])
+def test_the_tokenizers_chat_template_renders_as_the_markers_do(train_on: str) -> None:
+    # the byte tokenizer's chat template is the crucible markup: both paths must agree
+    assert HF_RENDERER.render(DIALOGUE, train_on) == RENDERER.render(DIALOGUE, train_on)  # type: ignore[arg-type]
+    history, _ = DIALOGUE.split_last_answer()
+    assert HF_RENDERER.prompt(history) == RENDERER.prompt(history)
+    assert HF_RENDERER.stop == ["<|end|>"]
+
+
+def test_truncation_is_counted_and_nothing_left_to_train_on_is_skipped() -> None:
+    renderer = ChatRenderer(TOKENIZER, template_for("tokenizer", TOKENIZER))
+    short = Conversation((Message("user", "hi"), Message("assistant", "yo")))
+    long = Conversation((Message("user", "x" * 80), Message("assistant", "yo")))
+    data = render_data(renderer, [short, long, short], "all_assistant", 40)
+    assert len(data) == 2
+    assert (renderer.counts.truncated, renderer.counts.skipped) == (1, 1)
+
+
+def test_evaluation_prompts_drop_the_oldest_turns_to_fit() -> None:
+    history, _ = DIALOGUE.split_last_answer()
+    full = RENDERER.prompt(history)
+    fitted = fit_prompt(RENDERER, history, full.length - 1)
+    assert fitted is not None and fitted.length < full.length
+    text = TOKENIZER.decode(fitted.to_ints())
+    assert text.startswith("<|bos|><|system|>be brief<|end|>") and "2+2?" not in text
+    assert fit_prompt(RENDERER, history, 5) is None

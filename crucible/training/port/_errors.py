@@ -67,3 +67,20 @@ REJECTED: Final[tuple[type[BackendError], ...]] = (
     CheckpointCorrupt,
     InvalidCheckpointPath,
 )
+
+
+class InvalidBaseModel(UnknownBaseModel):
+    """The base model was found but cannot be used: a directory without a config or a
+    tokenizer, or an architecture that is not a causal language model."""
+
+
+class InvalidLoraTarget(BackendError, ValueError):
+    """The LoRA target modules name modules the base model's architecture does not have."""
+
+
+class ModelTooLarge(BackendError, ValueError):
+    """The base model needs more memory than the device has free."""
+
+
+class MissingChatTemplate(BackendError, ValueError):
+    """The tokenizer has no chat template, and the renderer asked for it."""

@@ -17,9 +17,9 @@ import torch
 from tinker import types
 
 from crucible.training.backends.local._engine import LocalBackendConfig, LocalEngine
-from crucible.training.backends.local._model import lora_state_dict
-from crucible.training.backends.local._sampler import Sampler
-from crucible.training.backends.local._tokenizer import ByteTokenizer
+from crucible.training.backends.local._lora import lora_state_dict
+from crucible.training.backends.local._sampler import Sampler, SampleRequest
+from crucible.training.backends.local._tokenizer import HFTokenizer
 from crucible.training.port import AsyncClosing, BackendClosed, BackendFuture
 
 T = TypeVar("T")
@@ -54,26 +54,70 @@ class _Worker:
 
 
 class LocalSamplingClient:
-    """Samples from fixed weights; its work shares the backend's worker thread and order."""
+    """Samples from fixed weights; its work shares the backend's worker thread and order.
+
+    Sample requests wait in a queue, and the worker decodes every request waiting when it gets
+    to them as one batch: callers that submit many requests before awaiting any (as evaluation
+    does) get batched, KV-cached decoding without asking for it.
+    """
 
     def __init__(self, sampler: Sampler, worker: _Worker) -> None:
         self._sampler = sampler
         self._worker = worker
+        self._lock = threading.Lock()
+        self._pending: list[tuple[SampleRequest, concurrent.futures.Future[Any]]] = []
 
     async def sample(
         self,
         prompt: types.ModelInput,
         num_samples: int,
         sampling_params: types.SamplingParams,
+        include_prompt_logprobs: bool = False,
     ) -> BackendFuture[types.SampleResponse]:
-        return self._worker.submit(self._sampler.sample, prompt, num_samples, sampling_params)
+        request = SampleRequest(
+            prompt.to_ints(), num_samples, sampling_params, include_prompt_logprobs
+        )
+        future: concurrent.futures.Future[types.SampleResponse] = concurrent.futures.Future()
+        entry = (request, future)
+        with self._lock:
+            self._pending.append(entry)
+        try:
+            self._worker.submit(self._drain)
+        except BackendClosed:
+            with self._lock:
+                self._pending.remove(entry)
+            raise
+        return BackendFuture(future)
+
+    def _drain(self) -> None:
+        """On the worker: answer every waiting request, bad ones with their own error."""
+        with self._lock:
+            taken, self._pending = self._pending, []
+        batch: list[tuple[SampleRequest, concurrent.futures.Future[Any]]] = []
+        for request, future in taken:
+            try:
+                self._sampler.check(request)
+            except Exception as error:
+                future.set_exception(error)
+            else:
+                batch.append((request, future))
+        if not batch:
+            return
+        try:
+            responses = self._sampler.sample_batch([request for request, _ in batch])
+        except Exception as error:
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        for (_, future), response in zip(batch, responses, strict=True):
+            future.set_result(response)
 
     async def compute_logprobs(self, prompt: types.ModelInput) -> BackendFuture[list[float | None]]:
         return self._worker.submit(self._sampler.compute_logprobs, prompt)
 
 
 class LocalBackend(AsyncClosing):
-    """LoRA fine-tuning of a small shipped base model with torch on CPU.
+    """LoRA (peft) fine-tuning of a Hugging Face causal LM, on CUDA when present, else CPU.
 
     ``async with LocalBackend(LocalBackendConfig(...)) as backend:`` or call ``aclose()``.
     """
@@ -86,7 +130,7 @@ class LocalBackend(AsyncClosing):
         self._worker = _Worker()
 
     @property
-    def tokenizer(self) -> ByteTokenizer:
+    def tokenizer(self) -> HFTokenizer:
         return self._engine.tokenizer
 
     @property

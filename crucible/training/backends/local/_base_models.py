@@ -1,103 +1,208 @@
-"""Named base models: shape, and the pretrained weights shipped in the package.
+"""Finding and loading base models offline: a local directory, a model id in the Hugging Face
+cache, or a model shipped in the package. Nothing is ever downloaded.
 
-The weights are produced by ``scripts/pretrain_base.py`` (deterministic under its seed) from
-generated plain text; nothing is downloaded. A ``-random`` twin of each model has the same
-shape with seeded random weights: the starting point of pretraining, and the control that
-shows LoRA needs a pretrained base.
+A loaded base model is kept once per process and shared: its weights are frozen (LoRA trains
+adapters beside them), so every engine and sampler built on it shares the same tensors instead
+of reading and holding its own copy.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
+import json
+import os
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import torch
 
-from crucible.training.backends.local._model import ModelConfig, TinyTransformer, init_weights
-from crucible.training.backends.local._tokenizer import ByteTokenizer
-from crucible.training.port import UnknownBaseModel
+from crucible.training.backends.local._legacy import LEGACY_MODELS, legacy_config, legacy_model
+from crucible.training.backends.local._tokenizer import ByteTokenizer, HFTokenizer
+from crucible.training.port import InvalidBaseModel, ModelTooLarge, UnknownBaseModel
 
-WEIGHTS_FORMAT: Final = "crucible-base-weights/1"
+#: The embedded default: the legacy byte-level base until the shipped HF directory lands.
 DEFAULT_BASE_MODEL: Final = "crucible/tiny-2l-128"
+_SHIPPED_PREFIX: Final = "crucible/"
+
+
+@attrs.frozen
+class ModelShape:
+    context_length: int
 
 
 @attrs.frozen
 class BaseModelSpec:
+    """A base model known by name: shipped in the package (a directory under ``models/``) or
+    the legacy byte-level model."""
+
     name: str
-    config: ModelConfig
-    #: File under ``crucible/training/backends/local/weights/``; None for a seeded random model.
-    weights_file: str | None
-    random_seed: int = 0
+    directory: Path | None  # None: the legacy model, converted in memory
+
+    @property
+    def config(self) -> ModelShape:
+        """What a server advertises about the model (read from config.json, no weights)."""
+        if self.directory is None:
+            return ModelShape(int(legacy_config().n_positions))
+        try:
+            raw = json.loads((self.directory / "config.json").read_text())
+        except (OSError, ValueError):
+            raw = {}
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            if isinstance(raw.get(key), int):
+                return ModelShape(int(raw[key]))
+        return ModelShape(2048)
 
 
-def _specs() -> dict[str, BaseModelSpec]:
-    tiny = ModelConfig(vocab_size=ByteTokenizer().vocab_size)
-    return {
-        DEFAULT_BASE_MODEL: BaseModelSpec(DEFAULT_BASE_MODEL, tiny, "tiny-2l-128.pt"),
-        f"{DEFAULT_BASE_MODEL}-random": BaseModelSpec(f"{DEFAULT_BASE_MODEL}-random", tiny, None),
-    }
+def _shipped_dir() -> Path:
+    return Path(str(importlib.resources.files("crucible.training.backends.local") / "models"))
 
 
-BASE_MODELS: Final[dict[str, BaseModelSpec]] = _specs()
+def _shipped() -> dict[str, BaseModelSpec]:
+    specs = {name: BaseModelSpec(name, None) for name in LEGACY_MODELS}
+    root = _shipped_dir()
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if (folder / "config.json").is_file():
+                name = _SHIPPED_PREFIX + folder.name
+                specs[name] = BaseModelSpec(name, folder)
+    return specs
 
 
-def base_model_spec(name: str) -> BaseModelSpec:
-    try:
+#: Models that ship with crucible, by name (any other directory or cached id works as well).
+BASE_MODELS: Final[dict[str, BaseModelSpec]] = _shipped()
+
+
+def resolve_model(name: str) -> BaseModelSpec:
+    """Where ``name`` is: a shipped model, a local directory, or a snapshot in the HF cache."""
+    if name in BASE_MODELS:
         return BASE_MODELS[name]
-    except KeyError:
-        raise UnknownBaseModel(
-            f"unknown base model {name!r}; known: {', '.join(sorted(BASE_MODELS))}"
-        ) from None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return BaseModelSpec(name, path.resolve())
+    looked = [f"the shipped models ({', '.join(sorted(BASE_MODELS))})", f"a directory {path}"]
+    if name.count("/") <= 1 and not name.startswith((".", "/", "~")):
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-
-def weights_path(spec: BaseModelSpec) -> Any:
-    """The shipped weights file (a Traversable inside the installed package)."""
-    assert spec.weights_file is not None
-    return (
-        importlib.resources.files("crucible.training.backends.local")
-        / "weights"
-        / spec.weights_file
+        try:  # local_files_only: read the cache, never the network (HF_HUB_OFFLINE or not)
+            return BaseModelSpec(name, Path(snapshot_download(name, local_files_only=True)))
+        except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+            looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    raise UnknownBaseModel(
+        f"base model {name!r} not found offline; looked in {', '.join(looked)} "
+        "(nothing is downloaded: put the model there first)"
     )
 
 
-@functools.cache
-def _base_state(name: str) -> dict[str, torch.Tensor]:
-    """Base weights, read once per process; callers copy them into their own model."""
-    spec = base_model_spec(name)
-    if spec.weights_file is None:
-        model = TinyTransformer(spec.config)
-        init_weights(model, torch.Generator().manual_seed(spec.random_seed))
-        return {key: value.detach() for key, value in model.state_dict().items()}
-    path = weights_path(spec)
-    if not path.is_file():
-        raise UnknownBaseModel(
-            f"base model {name!r} has no weights file at {path}; reinstall crucible or run "
-            "scripts/pretrain_base.py to rebuild it"
+def _check_directory(directory: Path) -> None:
+    if not (directory / "config.json").is_file():
+        raise InvalidBaseModel(f"base model directory {directory} has no config.json")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((directory / file).is_file() for file in tokenizer_files):
+        raise InvalidBaseModel(
+            f"base model directory {directory} has no tokenizer (tokenizer.json or "
+            "tokenizer_config.json)"
         )
-    with path.open("rb") as handle:
-        payload = torch.load(handle, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise UnknownBaseModel(f"{path} is not a {WEIGHTS_FORMAT} file")
-    state: dict[str, torch.Tensor] = payload["state_dict"]
-    return state
 
 
-def load_base_model(name: str) -> TinyTransformer:
-    """A fresh model with the named base weights (each call returns an independent copy)."""
-    spec = base_model_spec(name)
-    model = TinyTransformer(spec.config)
-    model.load_state_dict(_base_state(name))
-    return model
+def available_memory(device: torch.device) -> int:
+    """Bytes free for the model on ``device``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def save_base_weights(model: TinyTransformer, name: str, destination: Any) -> None:
-    """Write ``model``'s weights in the shipped format (used by the pretraining script)."""
-    payload = {
-        "format": WEIGHTS_FORMAT,
-        "base_model": name,
-        "config": attrs.asdict(model.config),
-        "state_dict": {key: value.detach().clone() for key, value in model.state_dict().items()},
-    }
-    torch.save(payload, destination)
+def check_fits(name: str, parameters: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a model whose weights (plus a margin for activations) exceed free memory."""
+    needed = int(parameters * dtype.itemsize * 1.2)
+    free = available_memory(device)
+    if needed > free:
+        raise ModelTooLarge(
+            f"base model {name!r} needs about {needed / 2**30:.1f} GiB on {device} "
+            f"({parameters / 1e6:,.0f}M parameters in {dtype}), but only "
+            f"{free / 2**30:.1f} GiB is free"
+        )
+
+
+def default_device() -> tuple[torch.device, torch.dtype]:
+    """CUDA in bfloat16 when present, else CPU in float32 (exact and deterministic)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+@functools.cache
+def _load(name: str, device_text: str, dtype: torch.dtype) -> tuple[Any, HFTokenizer]:
+    device = torch.device(device_text)
+    spec = resolve_model(name)
+    if spec.directory is None:
+        model = legacy_model(name).to(device=device, dtype=dtype)
+        tokenizer: HFTokenizer = ByteTokenizer()
+    else:
+        model, tokenizer = _load_directory(name, spec.directory, device, dtype)
+    model.eval()  # no dropout, ever: training and sampling see the same function
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, tokenizer
+
+
+def _load_directory(
+    name: str, directory: Path, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, HFTokenizer]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _check_directory(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise InvalidBaseModel(
+            f"base model {name!r} ({directory}) cannot be read: {error}"
+        ) from error
+    with torch.device("meta"):
+        try:
+            shape = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        except ValueError as error:
+            raise InvalidBaseModel(
+                f"base model {name!r} ({directory}) is not a causal language model: {error}"
+            ) from error
+    check_fits(name, sum(p.numel() for p in shape.parameters()), dtype, device)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        directory, local_files_only=True, dtype=dtype, device_map=None
+    )
+    model.to(device)
+    return model, HFTokenizer(tokenizer)
+
+
+def load_base_model(
+    name: str, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[Any, HFTokenizer]:
+    """A model of its own (modules copied) whose frozen base tensors are shared with every
+    other model loaded from ``name`` in this process, and the tokenizer."""
+    default_device_, default_dtype = default_device()
+    device = device if device is not None else default_device_
+    dtype = dtype if dtype is not None else default_dtype
+    shared, tokenizer = _load(name, str(device), dtype)
+    tensors = {id(t): t for t in (*shared.parameters(), *shared.buffers())}
+    return copy.deepcopy(shared, memo=dict(tensors)), tokenizer
+
+
+def context_length(model: Any) -> int:
+    """The longest sequence the model takes (prompt plus completion)."""
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -15,18 +15,20 @@ import attrs
 import torch
 from tinker import types
 
-from crucible.training.backends.local._base_models import DEFAULT_BASE_MODEL, load_base_model
+from crucible.training.backends.local._base_models import (
+    DEFAULT_BASE_MODEL,
+    context_length,
+    load_base_model,
+)
 from crucible.training.backends.local._files import read_checkpoint, write_atomically
-from crucible.training.backends.local._model import (
+from crucible.training.backends.local._lora import (
     LoraConfig,
-    TinyTransformer,
-    add_lora,
+    apply_lora,
     lora_parameters,
     lora_state_dict,
 )
 from crucible.training.backends.local._paths import CheckpointPath, PathKind, check_segment
 from crucible.training.backends.local._sampler import Sampler
-from crucible.training.backends.local._tokenizer import ByteTokenizer
 from crucible.training.port import (
     CheckpointCorrupt,
     CheckpointMismatch,
@@ -47,9 +49,12 @@ def _new_run_id() -> str:
 class LocalBackendConfig:
     """What the local backend trains and where its checkpoints go.
 
-    ``seed`` fixes the LoRA initialisation and the default sampling seeds: the same config and
-    the same ops give bitwise-equal weights. ``num_threads`` (process-wide in torch) is set
-    when given; bitwise equality holds for a fixed thread count.
+    ``base_model``: a shipped model name, a local Hugging Face model directory, or a model id
+    in the Hugging Face cache (never downloaded). ``device``: None picks CUDA in bfloat16 when
+    present, else CPU in float32. ``seed`` fixes the LoRA initialisation and the default
+    sampling seeds: the same config and the same ops give bitwise-equal weights.
+    ``num_threads`` (process-wide in torch) is set when given; bitwise equality holds for a
+    fixed thread count.
     """
 
     base_model: str = DEFAULT_BASE_MODEL
@@ -58,6 +63,7 @@ class LocalBackendConfig:
     checkpoint_root: Path = attrs.field(default=Path("runs/checkpoints"), converter=Path)
     run_id: str = attrs.field(factory=_new_run_id)
     num_threads: int | None = None
+    device: str | None = None
 
     @run_id.validator
     def _check_run_id(self, _attribute: Any, value: str) -> None:
@@ -75,10 +81,14 @@ class _Batch:
 class LocalEngine:
     def __init__(self, config: LocalBackendConfig) -> None:
         self.config = config
-        self.tokenizer = ByteTokenizer()
-        self.model: TinyTransformer = load_base_model(config.base_model)
-        add_lora(self.model, config.lora, torch.Generator().manual_seed(config.seed))
-        self.model.train()
+        device = None if config.device is None else torch.device(config.device)
+        base, self.tokenizer = load_base_model(config.base_model, device)
+        self.device = next(base.parameters()).device
+        self.context_length = context_length(base)
+        self.vocab_size = int(base.get_input_embeddings().weight.shape[0])
+        self.pad_token_id = _pad_id(self.tokenizer)
+        # eval mode throughout: no dropout, so training and sampling compute the same function
+        self.model: Any = apply_lora(base, config.lora, config.seed)
         self.step = 0
         self.optimizer = self._new_optimizer()
         # Samplers without an explicit seed draw from distinct, reproducible seed streams.
@@ -99,8 +109,8 @@ class LocalEngine:
             )
         if not data:
             raise InvalidDatum("forward_backward needs at least one Datum")
-        context = self.model.config.context_length
-        vocab = self.tokenizer.vocab_size
+        context = self.context_length
+        vocab = self.vocab_size
         rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
         for index, datum in enumerate(data):
             tokens = datum.model_input.to_ints()
@@ -129,18 +139,23 @@ class LocalEngine:
                 raise InvalidDatum(f"datum {index} has token ids outside 0..{vocab - 1}")
             rows.append((tokens, targets, weights))
         width = max(len(tokens) for tokens, _, _ in rows)
-        inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.int64)
+        inputs = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
         targets_out = torch.zeros((len(rows), width), dtype=torch.int64)
         weights_out = torch.zeros((len(rows), width), dtype=torch.float32)
         for row, (tokens, targets, weights) in enumerate(rows):
             inputs[row, : len(tokens)] = torch.tensor(tokens)
             targets_out[row, : len(tokens)] = targets
             weights_out[row, : len(tokens)] = weights
-        return _Batch(inputs, targets_out, weights_out, [len(tokens) for tokens, _, _ in rows])
+        lengths = [len(tokens) for tokens, _, _ in rows]
+        device = self.device
+        return _Batch(inputs.to(device), targets_out.to(device), weights_out.to(device), lengths)
 
     def _loss(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted sum of token NLLs (Tinker's cross_entropy) and the target logprobs."""
-        logits = self.model(batch.inputs)
+        """Weighted sum of token NLLs (Tinker's cross_entropy) and the target logprobs.
+
+        Rows are right-padded and attention is causal, so no real token ever attends to
+        padding: no attention mask is needed (which keeps SDPA on its fast causal path)."""
+        logits = self.model(input_ids=batch.inputs, use_cache=False).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target_logprobs = logprobs.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
         loss = -(target_logprobs * batch.weights).sum()
@@ -151,7 +166,7 @@ class LocalEngine:
     ) -> types.ForwardBackwardOutput:
         detached = target_logprobs.detach()
         outputs = [
-            {"logprobs": types.TensorData.from_torch(detached[row, :length].clone())}
+            {"logprobs": types.TensorData.from_torch(detached[row, :length].float().cpu())}
             for row, length in enumerate(batch.lengths)
         ]
         return types.ForwardBackwardOutput(
@@ -290,8 +305,6 @@ class LocalEngine:
 
     def sampler(self, path_text: str | None) -> Sampler:
         """A sampler over a checkpoint's weights, or over a copy of the current weights."""
-        model = load_base_model(self.config.base_model)
-        add_lora(model, self.config.lora, torch.Generator().manual_seed(self.config.seed))
         if path_text is None:
             weights = lora_state_dict(self.model)
         else:
@@ -300,10 +313,24 @@ class LocalEngine:
             payload = read_checkpoint(path, self.config.checkpoint_root, expected)
             self._check_identity(path, payload)
             weights = payload["lora_state"]
+        return Sampler(self, weights, seed=next(self._sampler_seeds))
+
+    @contextlib.contextmanager
+    def adapters(self, weights: dict[str, torch.Tensor]) -> Iterator[Any]:
+        """The model with ``weights`` in its adapters for the duration (a sampler's weights);
+        the training weights are put back bit for bit after. Only the worker thread calls it,
+        so no training op can run in between."""
+        own = lora_parameters(self.model)
+        saved = {key: parameter.detach().clone() for key, parameter in own.items()}
         with torch.no_grad():
-            for key, parameter in lora_parameters(model).items():
+            for key, parameter in own.items():
                 parameter.copy_(weights[key])
-        return Sampler(model, self.tokenizer, seed=next(self._sampler_seeds))
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for key, parameter in own.items():
+                    parameter.copy_(saved[key])
 
     # ---- info ----------------------------------------------------------------------------
 
@@ -315,11 +342,21 @@ class LocalEngine:
         return types.GetInfoResponse(
             model_id=self.model_id,
             model_data=types.ModelData(
-                arch="crucible-tiny-transformer",
+                arch=type(self.model.get_base_model()).__name__,
                 model_name=self.config.base_model,
-                tokenizer_id="crucible/byte-level",
+                tokenizer_id=self.config.base_model,
             ),
             is_lora=True,
             lora_rank=self.config.lora.rank,
             model_name=self.config.base_model,
         )
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """Padding never reaches a real token (right padding, causal attention): any id works."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), tokenizer.eos_token_ids):
+        if isinstance(candidate, int):
+            return candidate
+        if isinstance(candidate, tuple) and candidate:
+            return int(candidate[0])
+    return 0

@@ -29,7 +29,7 @@ LrSchedule = Literal["constant", "linear", "cosine"]
 TrainOn = Literal["all_assistant", "last_assistant"]
 IfExists = Literal["ask", "delete", "resume", "raise"]
 BackendName = Literal["local", "tinker"]
-ChatTemplateName = Literal["auto", "crucible", "role_colon"]
+ChatTemplateName = Literal["auto", "tokenizer", "crucible", "role_colon"]
 
 
 class ConfigError(ValueError):
@@ -87,8 +87,9 @@ class TrainConfig:
     lora_alpha: float = attrs.field(default=32.0, validator=_positive)
     num_threads: int | None = attrs.field(default=2, validator=_at_least(1))
     tinker_base_url: str | None = None  # None: TINKER_BASE_URL, then the Tinker service
-    chat_template: ChatTemplateName = "auto"  # auto: crucible's special tokens on the byte
-    # tokenizer of the local base models, "User: ... Assistant: ..." (role_colon) otherwise
+    # auto: the tokenizer's own chat template when it has one ("tokenizer"), crucible's special
+    # tokens on a tokenizer that has them, "User: ... Assistant: ..." (role_colon) otherwise
+    chat_template: ChatTemplateName = "auto"
     # -- data
     dataset: str = "default"  # "default" (generated tasks) or a conversations JSONL file
     test_dataset: str | None = None  # JSONL; None: the default split, or a share of `dataset`

@@ -30,6 +30,9 @@ from crucible.recipes.sl_basic import SL_BASIC
 from crucible.training import (
     CheckpointRecord,
     InvalidCheckpointPath,
+    InvalidLoraTarget,
+    MissingChatTemplate,
+    ModelTooLarge,
     UnknownBaseModel,
     latest_state_checkpoint,
 )
@@ -54,6 +57,9 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
     NothingToResume,
     UnknownBaseModel,
     InvalidCheckpointPath,
+    InvalidLoraTarget,
+    MissingChatTemplate,
+    ModelTooLarge,
 )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
 
 import anyio
 import msgspec
@@ -23,14 +22,10 @@ from crucible.tinker_server._futures import FutureTable, Outcome, Pending
 from crucible.training import UnknownBaseModel
 from crucible.training.backends.local import (
     BASE_MODELS,
-    LORA_TARGETS,
     LocalBackend,
     LocalBackendConfig,
     LoraConfig,
 )
-
-_ATTENTION: Final = ("q_proj", "k_proj", "v_proj", "o_proj")
-_MLP: Final = ("up_proj", "down_proj")
 
 
 class RunInfo(msgspec.Struct, frozen=True):
@@ -49,17 +44,15 @@ class RunInfo(msgspec.Struct, frozen=True):
 
 
 def local_lora(run: RunInfo) -> LoraConfig:
-    """Tinker's LoRA switches on the local model: attention is q/k/v/o, the MLP is up/down;
-    the local models have no LoRA on the unembedding. alpha = 2 * rank (the local backend's
-    default scale of 2)."""
-    targets = (_ATTENTION if run.train_attn else ()) + (_MLP if run.train_mlp else ())
-    if not targets:
-        raise ValueError(
-            "this server's models need train_attn or train_mlp: they have no LoRA on the "
-            "unembedding alone"
-        )
-    assert set(targets) <= set(LORA_TARGETS)
-    return LoraConfig(rank=run.lora_rank, alpha=2.0 * run.lora_rank, target_modules=targets)
+    """Tinker's LoRA switches, which the local backend maps onto each architecture's
+    attention, MLP and output head. alpha = 2 * rank (the local backend's default scale)."""
+    return LoraConfig(
+        rank=run.lora_rank,
+        alpha=2.0 * run.lora_rank,
+        train_attn=run.train_attn,
+        train_mlp=run.train_mlp,
+        train_unembed=run.train_unembed,
+    )
 
 
 def check_base_model(name: str) -> None:

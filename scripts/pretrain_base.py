@@ -435,7 +435,9 @@ def lora_check(model: Any, tokenizer: PreTrainedTokenizerBase, label: str, seed:
             group["lr"] = schedule(step, steps, 3e-3, "cosine", warmup_steps=10)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss) / float(count))
+        losses.append(loss.item() / count.item())
+        if step % 20 == 0:
+            print(f"  {label} step {step}: loss/token {losses[-1]:.3f}", flush=True)
     seconds = time.perf_counter() - started
     model.eval()
     after = {task: exact_match(model, tokenizer, examples) for task, examples in test.items()}

@@ -305,9 +305,10 @@ def write_model_card(
 MODEL_CARD = """\
 # crucible/tiny-chat
 
-The base model shipped with Crucible's local backend: a tiny chat model that knows two toy
-tasks (2-digit addition, spelling made-up words backwards) well enough that a LoRA fine-tune
-learns the exact fine-tuning format in the default run. A test fixture, not a language model.
+The base model shipped with Crucible's local backend: a tiny chat model pretrained on two toy
+tasks (2-digit addition, spelling made-up words backwards), the starting point of the default
+LoRA fine-tuning run (`scripts/pretrain_base.py --check` measures how well that learns). A
+test fixture, not a language model.
 
 - **Architecture**: `LlamaForCausalLM` (transformers), 2 layers, hidden size 128, 4 attention
   heads, SwiGLU MLP 384, RMSNorm, RoPE (theta 10000), context {context} tokens, untied output

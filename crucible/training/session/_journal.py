@@ -79,6 +79,10 @@ class Journal:
     entries: list[Operation[Any]] = attrs.field(factory=list)
     incarnations: int = 0
     steps: int = 0  # optim steps applied in the surviving timeline
+    retries: int = 0  # operations sent again in place after a failure
+    # The session's own snapshots (see _policy): slot name -> path, and the slot last written.
+    snapshot_paths: dict[str, str] = attrs.field(factory=dict)
+    last_snapshot_slot: str | None = None
     last_failure: str | None = None
     failure: TrainingFailed | None = None
     tokenizer: Tokenizer | None = None

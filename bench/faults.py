@@ -115,6 +115,9 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument(
+        "--keep", type=Path, help="write the runs here (kept) instead of a temp dir"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every run")
     args = parser.parse_args(argv)
     config = load_config(None, args.overrides)
@@ -124,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{', '.join(KINDS)} on ops {', '.join(config.fault_ops) or 'all'}"
     )
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
+        # Imports, torch's first kernels and file caches are paid once, here, by neither run.
+        run_once(attrs.evolve(config, max_steps=1, eval_examples=1), root, "warm-up")
         baseline = run_once(config, root, "baseline")
         assert baseline.status == "completed", f"the fault-free run ended {baseline.status}"
         print(
@@ -135,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
             f"  {0.0:6.0%} {baseline.status:>9} {'-':>9} {'-':>9} {baseline.restarts:8d}"
             f" {baseline.retries:7d} {baseline.wall_s:10.1f} {baseline.wall_s:8.1f} {1.0:6.2f}"
         )
-        for rate in args.rates:
+        for index, rate in enumerate(args.rates):
             faulty_config = attrs.evolve(config, inject_faults=rate, fault_kinds=KINDS)
-            ours = run_once(faulty_config, root, f"faults-{int(rate * 100)}")
+            ours = run_once(faulty_config, root, f"faults-{index}-{int(rate * 100)}")
             same = _same_weights(ours.weights, baseline.weights)
             print(
                 f"  {rate:6.0%} {ours.status:>9} {'bitwise' if same else 'DIFFER':>9}"

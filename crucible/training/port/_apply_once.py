@@ -72,7 +72,8 @@ class RequestRecord:
             raise ValueError(f"the request record needs a capacity >= 1, got {capacity}")
         self.capacity = capacity
         self._requests: OrderedDict[RequestId, _Recorded[Any]] = OrderedDict()
-        self._highest: RequestId | None = None  # the newest id the inner backend accepted
+        # The newest id of an ordered request the inner backend accepted.
+        self._highest: RequestId | None = None
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -112,7 +113,7 @@ class RequestRecord:
             raise
         finally:
             recorded.submitted.set()
-        if self._highest is None or request_id > self._highest:
+        if ordered and (self._highest is None or request_id > self._highest):
             self._highest = request_id
         while len(self._requests) > self.capacity:
             self._requests.popitem(last=False)

@@ -12,8 +12,8 @@ replays the journal in order, answering the callers still waiting. Either way th
 with the weights of a run without failures.
 
 To keep a replay short, the session saves a snapshot of its own every ``snapshot_every``
-optimizer steps (alternating between two slots, ``_policy``), which becomes the state replays
-start from.
+optimizer steps (a new name each time, ``_policy``), which becomes the state replays start
+from; the older ones are deleted.
 
 The journal and its operations are in ``_journal``; the client callers use is in ``_client``.
 """
@@ -41,9 +41,8 @@ from crucible.training.port import (
 from crucible.training.session._journal import Journal, Operation, TrainingFailed
 from crucible.training.session._policy import (
     RETRYABLE,
-    SNAPSHOT_SLOTS,
+    SNAPSHOT_PREFIX,
     SessionRetry,
-    next_snapshot_slot,
     snapshot_due,
 )
 
@@ -200,13 +199,19 @@ class Session(Actor[None]):
         self.journal.entries.append(entry)
 
     async def _snapshot(self) -> None:
-        """Save a state snapshot after the step just submitted: replays start from it."""
-        slot = next_snapshot_slot(self.journal)
-        self.journal.last_snapshot_slot = slot
+        """Save a state snapshot after the step just submitted (replays start from it once it
+        completes), deleting the earlier ones that replays no longer need."""
         try:
-            await self._enqueue(self.journal.new("save_state", (slot,)))
+            for name, path in list(self.journal.snapshot_paths.items()):
+                if path != self.journal.base:
+                    del self.journal.snapshot_paths[name]
+                    await self._enqueue(self.journal.new("delete_checkpoint", (path,)))
+            # Named by its own sequence number, which must come after the deletes' (ids grow
+            # in submission order).
+            seq = self.journal.next_seq
+            await self._enqueue(self.journal.new("save_state", (f"{SNAPSHOT_PREFIX}{seq:08d}",)))
         except REJECTED as exc:  # not the caller's problem: replays just start further back
-            log.warning("session snapshot %s refused: %s", slot, exc)
+            log.warning("session snapshot refused: %s", exc)
 
     async def _submit_to_backend(self, entry: Operation[Any]) -> Any:
         tag = {"request_id": entry.seq} if self._request_ids else {}
@@ -292,7 +297,7 @@ class Session(Actor[None]):
             self.journal.steps += 1
         entry.resolve(result)
         if entry.op == "save_state":
-            if entry.args[0] in SNAPSHOT_SLOTS:
+            if entry.args[0].startswith(SNAPSHOT_PREFIX):
                 self.journal.snapshot_paths[entry.args[0]] = result.path
             self.journal.checkpointed(entry, result.path)
         elif entry.op not in STATE_OPERATIONS:

@@ -29,9 +29,11 @@ from crucible.training.session._journal import Journal
 #: does not retry by itself.
 RETRYABLE: Final = SAMPLER_OPERATIONS | {"delete_checkpoint"}
 
-#: The two names session snapshots alternate between: the one being written is never the one
-#: a restart would load.
-SNAPSHOT_SLOTS: Final = ("session_snapshot_a", "session_snapshot_b")
+#: Session snapshots are named this followed by the journal sequence number of their save: a
+#: name is only ever written with the state at one position, so a late write by a lost
+#: backend's worker (still finishing its queue after the session gave it up) can never put
+#: other weights under the name a restart loads.
+SNAPSHOT_PREFIX: Final = "session_snapshot_"
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -62,20 +64,9 @@ class SessionRetry:
 
 def snapshot_due(journal: Journal, every: int) -> bool:
     """Whether to save a session snapshot now: ``every`` optimizer steps since the state the
-    journal replays from, and no save in flight (one at a time keeps the slots safe)."""
+    journal replays from, and no save in flight (a second one would add nothing)."""
     if every <= 0:
         return False
     if any(entry.op == "save_state" and not entry.done for entry in journal.entries):
         return False
     return sum(entry.op == "optim_step" for entry in journal.entries) >= every
-
-
-def next_snapshot_slot(journal: Journal) -> str:
-    """The slot the next snapshot overwrites: never the one the journal replays from."""
-    last = journal.last_snapshot_slot
-    ordered = [slot for slot in SNAPSHOT_SLOTS if slot != last] + ([last] if last else [])
-    for slot in ordered:
-        path = journal.snapshot_paths.get(slot)
-        if path is None or path != journal.base:
-            return slot
-    raise AssertionError("both snapshot slots hold the base")  # pragma: no cover

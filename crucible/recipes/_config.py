@@ -131,6 +131,16 @@ class TrainConfig:
     max_restarts: int = attrs.field(default=50, validator=_at_least(0))  # within a minute
     restart_backoff_s: float = attrs.field(default=1.0, validator=[_finite, _at_least(0)])
     op_timeout_s: float = attrs.field(default=120.0, validator=_positive)
+    # -- retries in place: a failed backend operation is sent again with its request id (the
+    # backend answers a repeat from its record) up to max_retries times, after a backoff
+    # doubling from retry_backoff_s up to retry_backoff_max_s (jitter seeded by `seed`); only a
+    # lost backend restarts the session (counted by max_restarts). Every snapshot_every
+    # optimizer steps the session saves a snapshot, so a restart replays at most that many
+    # steps; None: every step on the local backend, never on tinker (a remote save costs).
+    max_retries: int = attrs.field(default=8, validator=_at_least(0))  # per operation
+    retry_backoff_s: float = attrs.field(default=0.002, validator=[_finite, _at_least(0)])
+    retry_backoff_max_s: float = attrs.field(default=0.2, validator=[_finite, _at_least(0)])
+    snapshot_every: int | None = attrs.field(default=None, validator=_at_least(0))
 
     def __attrs_post_init__(self) -> None:
         if not RUN_ID_PATTERN.fullmatch(self.name) or len(self.name) > 100:

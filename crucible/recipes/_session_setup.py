@@ -26,6 +26,8 @@ from crucible.training import (
     latest_state_checkpoint,
     open_training,
 )
+from crucible.training.port import ApplyOnce
+from crucible.training.session import SessionRetry
 
 
 class BackendUnavailable(RuntimeError):
@@ -41,12 +43,14 @@ RESTART_WINDOW_S = 60.0
 
 @attrs.frozen
 class TrainingHandles:
-    """The adapters a recipe gets, and how often the session was rebuilt so far."""
+    """The adapters a recipe gets, how often the session was rebuilt so far, and how many
+    failed operations it sent again in place."""
 
     training_client: TrainingBackend
     checkpoint_store: CheckpointManagerClient
     model_registry: ModelRegistryClient
     restarts: Callable[[], int]
+    retries: Callable[[], int] = lambda: 0
 
 
 def registry_path(config: TrainConfig, log_dir: Path) -> Path:
@@ -84,7 +88,7 @@ def build_backend(config: TrainConfig, log_dir: Path, run_id: str) -> TrainingBa
         raise BackendUnavailable(
             f"the local backend needs the `local` extra (pip install -e '.[local]'): {error}"
         ) from error
-    return LocalBackend(
+    local = LocalBackend(
         LocalBackendConfig(
             base_model=config.base_model,
             lora=LoraConfig(rank=config.lora_rank, alpha=config.lora_alpha),
@@ -94,6 +98,29 @@ def build_backend(config: TrainConfig, log_dir: Path, run_id: str) -> TrainingBa
             num_threads=config.num_threads,
         )
     )
+    # Each request id applied at most once, so the session can retry a failed op in place.
+    return ApplyOnce(local)
+
+
+def retry_policy(config: TrainConfig) -> SessionRetry:
+    """How the session retries a failed operation in place (separate from max_restarts)."""
+    return SessionRetry(
+        max_retries=config.max_retries,
+        backoff=Backoff(
+            initial=min(config.retry_backoff_s, config.retry_backoff_max_s),
+            maximum=config.retry_backoff_max_s,
+            jitter=0.5,
+            seed=config.seed,
+        ),
+    )
+
+
+def snapshot_every(config: TrainConfig) -> int:
+    """Session snapshots: every step on the local backend (a save costs milliseconds), never
+    on tinker (a remote save costs a round trip), unless the config says."""
+    if config.snapshot_every is not None:
+        return config.snapshot_every
+    return 1 if config.backend == "local" else 0
 
 
 @asynccontextmanager
@@ -106,10 +133,12 @@ async def open_training_session(
     """The training client and its actors for one run: crucible.training's supervised tree
     (``open_training``: metrics, registry, checkpoint manager, session, rest_for_one).
 
-    The client is the Session: a failed backend operation restarts the session from the last
-    state checkpoint and replays, so the run ends with the weights of a run without failures.
-    With ``inject_faults`` each session incarnation's backend is a FaultyBackend with its own
-    seed.
+    The client is the Session: a failed backend operation is retried in place (the local
+    backend applies each request id once), and a lost backend restarts the session from the
+    last state checkpoint (or session snapshot) and replays, so the run ends with the weights
+    of a run without failures. With ``inject_faults`` each session incarnation's backend is a
+    FaultyBackend with its own seed, in front of the backend's record of requests (the faults
+    model a lost connection).
     """
     check_backend(config)
 
@@ -139,12 +168,15 @@ async def open_training_session(
             seed=config.seed,
         ),
         op_timeout=config.op_timeout_s,
+        retry=retry_policy(config),
+        snapshot_every=snapshot_every(config),
     ) as tree:
         yield TrainingHandles(
             training_client=tree.session,
             checkpoint_store=tree.checkpoints,
             model_registry=tree.registry,
             restarts=lambda: tree.restarts,
+            retries=lambda: tree.retries,
         )
 
 

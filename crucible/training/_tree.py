@@ -3,18 +3,22 @@
     rest_for_one [metrics, registry, checkpoints, session]
 
 A restarted checkpoint manager restarts the session after it; a session crash restarts only
-the session (which reloads the last state checkpoint and replays). Checkpoints are saved
-through the session client, so a state checkpoint is ordered with the training operations
-and becomes the point replays start from.
+the session (which reloads the last state checkpoint and replays). Most failed operations
+never get that far: the session retries them in place (``retry``), and restarts only when the
+backend itself is lost; ``max_restarts`` and ``retry.max_retries`` are separate limits.
+Checkpoints are saved through the session client, so a state checkpoint is ordered with the
+training operations and becomes the point replays start from.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import attrs
 
 from crucible.actors import (
@@ -30,7 +34,15 @@ from crucible.metrics import StreamingMetrics
 from crucible.telemetry import execute
 from crucible.training.checkpoints import CheckpointManager, CheckpointManagerClient
 from crucible.training.registry import ModelRegistry, ModelRegistryClient
-from crucible.training.session import BackendFactory, Journal, Session, SessionClient
+from crucible.training.session import (
+    BackendFactory,
+    Journal,
+    Session,
+    SessionClient,
+    SessionRetry,
+)
+
+log = logging.getLogger("crucible.training")
 
 
 @attrs.frozen
@@ -48,6 +60,27 @@ class TrainingTree:
     def restarts(self) -> int:
         """How many times the session was rebuilt after a failure."""
         return max(self.journal.incarnations - 1, 0)
+
+    @property
+    def retries(self) -> int:
+        """How many times a failed operation was sent again in place."""
+        return self.journal.retries
+
+
+async def _delete_snapshots(session: SessionClient, journal: Journal) -> None:
+    """Best effort: the session's snapshots are of no use once the run is over (a resume
+    starts from the checkpoint manager's checkpoints)."""
+    if journal.failure is not None or any(not e.done for e in journal.entries):
+        return
+    # Nothing is left to replay: a restart during the deletes must not load a deleted slot.
+    journal.base = None
+    with anyio.move_on_after(10.0):
+        for path in journal.snapshot_paths.values():
+            try:
+                await (await session.delete_checkpoint(path))
+            except Exception:
+                log.debug("could not delete session snapshot %s", path, exc_info=True)
+    journal.snapshot_paths.clear()
 
 
 def _named(runtime: Runtime, name: str) -> ActorRef[Any]:
@@ -69,13 +102,18 @@ async def open_training(
     backoff: Backoff | None = None,
     op_timeout: float = 120.0,
     max_checkpoints: int | None = None,
+    retry: SessionRetry | None = None,
+    snapshot_every: int = 0,
 ) -> AsyncIterator[TrainingTree]:
     """Start the tree under ``runtime``; leaving the block stops it (newest first).
 
     ``make_backend(n)`` builds the backend of the session's n-th incarnation; ``resume_from``
     is a state checkpoint path to start from. When the tree exceeds ``max_restarts`` within
     ``max_seconds`` it stops, and every pending operation fails with TrainingFailed naming
-    the last failure.
+    the last failure. ``retry`` is how a failed operation is retried in place before the
+    backend counts as lost; with ``snapshot_every`` > 0 the session saves a snapshot of its own
+    every that many optimizer steps, so that a restart replays at most that many steps (the
+    snapshots are deleted when the block ends normally).
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +151,9 @@ async def open_training(
             ),
             ChildSpec(
                 "session",
-                lambda: Session(journal, op_timeout=op_timeout),
+                lambda: Session(
+                    journal, op_timeout=op_timeout, retry=retry, snapshot_every=snapshot_every
+                ),
                 name=session_name,
                 shutdown=30.0,
             ),
@@ -134,6 +174,7 @@ async def open_training(
             supervisor=supervisor,
             journal=journal,
         )
+        await _delete_snapshots(session, journal)
     finally:
         runtime.remove_listener(on_runtime_event)
         if supervisor.ref.alive:

@@ -26,6 +26,7 @@ from crucible.training import (
     open_training,
 )
 from crucible.training.backends.local import LocalBackend, LocalBackendConfig
+from crucible.training.port import ApplyOnce
 from crucible.training.session import UnknownOperation
 
 from .training_kit import ADAM, TINY_TASK
@@ -45,21 +46,25 @@ class Backends:
         rate: float = 0.0,
         kinds: tuple[FaultKind, ...] = FAULT_KINDS,
         seed: int = 0,
+        apply_once: bool = False,
     ) -> None:
         self.config = config
         self.rate = rate
         self.kinds = kinds
         self.seed = seed
+        self.apply_once = apply_once
         self.built: list[LocalBackend] = []
         self.faulty: list[FaultyBackend] = []
 
     def __call__(self, incarnation: int) -> TrainingBackend:
         local = LocalBackend(self.config())
         self.built.append(local)
+        # The faults model a lost connection: in front of the backend's record of requests.
+        inner: TrainingBackend = ApplyOnce(local) if self.apply_once else local
         if self.rate == 0:
-            return local
+            return inner
         faulty = FaultyBackend(
-            local,
+            inner,
             seed=self.seed * 1000 + incarnation,  # a new backend draws new faults
             rate=self.rate,
             kinds=self.kinds,
@@ -79,9 +84,17 @@ class Backends:
 Weights = dict[str, torch.Tensor]
 
 
-async def _train(
-    backends: Backends, log_dir: Path, **tree: Any
-) -> tuple[list[float], int, Weights]:
+class Trained:
+    """What a run left: every caller's loss, the restarts and retries, the final weights."""
+
+    def __init__(self, losses: list[float], restarts: int, retries: int, weights: Weights):
+        self.losses = losses
+        self.restarts = restarts
+        self.retries = retries
+        self.weights = weights
+
+
+async def _train(backends: Backends, log_dir: Path, **tree: Any) -> Trained:
     """A pipelined loop: step k+1 is submitted before step k's results are awaited."""
     losses: list[float] = []
     async with (
@@ -103,9 +116,14 @@ async def _train(
         assert pending is not None
         losses.append((await pending[0]).metrics["loss:sum"])
         await pending[1]
+        # Results complete in submission order: once this read is answered, nothing submitted
+        # before it (a session snapshot after the last step) is in flight, so no restart can
+        # follow and the last backend built holds the final weights.
+        await (await session.forward(TINY_TASK[:1]))
         status = await session.status()
         assert status.step == STEPS
-        return losses, training.restarts, await backends.final_weights()
+        weights = await backends.final_weights()
+        return Trained(losses, training.restarts, training.retries, weights)
 
 
 def _assert_equal_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -117,9 +135,9 @@ def _assert_equal_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 @pytest.fixture
 async def reference(make_config: Callable[..., LocalBackendConfig], tmp_path: Path) -> Any:
     backends = Backends(make_config)
-    losses, restarts, weights = await _train(backends, tmp_path / "reference")
-    assert restarts == 0
-    return losses, weights
+    run = await _train(backends, tmp_path / "reference")
+    assert run.restarts == 0
+    return run.losses, run.weights
 
 
 @pytest.mark.parametrize("kind", ["transient", "crash", "applied_then_failed", "latency"])
@@ -134,22 +152,22 @@ async def test_each_fault_kind_ends_with_fault_free_weights(
     backends = Backends(
         lambda: make_config(run_id=f"faulty-{kind}-{seed}"), rate=0.25, kinds=(kind,), seed=seed
     )
-    losses, restarts, weights = await _train(backends, tmp_path / "faulty")
-    _assert_equal_weights(weights, reference[1])
-    assert losses == reference[0]  # every caller got the result of its own step
+    run = await _train(backends, tmp_path / "faulty", max_restarts=100)
+    _assert_equal_weights(run.weights, reference[1])
+    assert run.losses == reference[0]  # every caller got the result of its own step
     assert backends.injected > 0
     if kind != "latency":
-        assert restarts > 0
+        assert run.restarts > 0
 
 
 async def test_a_hang_is_detected_by_the_op_timeout_and_replayed(
     make_config: Callable[..., LocalBackendConfig], tmp_path: Path, reference: Any
 ) -> None:
     backends = Backends(lambda: make_config(run_id="hang"), rate=0.1, kinds=("hang",), seed=3)
-    losses, restarts, weights = await _train(backends, tmp_path / "hang", op_timeout=0.5)
-    assert restarts > 0
-    _assert_equal_weights(weights, reference[1])
-    assert losses == reference[0]
+    run = await _train(backends, tmp_path / "hang", op_timeout=0.5)
+    assert run.restarts > 0
+    _assert_equal_weights(run.weights, reference[1])
+    assert run.losses == reference[0]
 
 
 @settings(
@@ -172,8 +190,8 @@ async def test_random_fault_schedules_give_identical_weights(
         kinds=("transient", "crash", "applied_then_failed"),
         seed=seed,
     )
-    _, _, weights = await _train(backends, tmp_path_factory.mktemp(run), max_restarts=100)
-    _assert_equal_weights(weights, reference[1])
+    trained = await _train(backends, tmp_path_factory.mktemp(run), max_restarts=100)
+    _assert_equal_weights(trained.weights, reference[1])
 
 
 async def test_giving_up_fails_every_waiting_caller_with_the_last_failure(

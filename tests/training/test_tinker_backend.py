@@ -422,3 +422,14 @@ async def test_a_cancelled_sdk_future_wedges_the_client_and_fails_what_waits() -
     with pytest.raises(BackendCrashed, match="build a new backend"):
         await backend.forward_backward(BATCHES[0])
     await backend.aclose()
+
+
+def test_the_session_never_retries_what_the_sdk_already_retried() -> None:
+    """The SDK retries connection errors and 408/409/429/5xx itself, re-sending the same
+    sequence id; a new request from us would get a new one and could apply twice."""
+    from crucible.training.port import applies_once, retries_itself
+    from crucible.training.session import SessionRetry
+
+    assert retries_itself(TinkerBackend) and not applies_once(TinkerBackend)
+    policy = SessionRetry()
+    assert not any(policy.may_retry(TinkerBackend, op) for op in ("optim_step", "sample"))

@@ -1,7 +1,8 @@
 """The training backend port: the TrainingBackend, SamplingClient and Tokenizer protocols in
 Tinker's shape, the operation names, the errors, and the awaitable result of a submitted
-operation."""
+operation, request ids and ApplyOnce (each request id applied at most once)."""
 
+from crucible.training.port._apply_once import ApplyOnce, ApplyOnceSamplingClient, RequestRecord
 from crucible.training.port._closing import AsyncClosing
 from crucible.training.port._errors import (
     REJECTED,
@@ -31,6 +32,13 @@ from crucible.training.port._operations import (
     OperationName,
 )
 from crucible.training.port._protocol import SamplingClient, Tokenizer, TrainingBackend
+from crucible.training.port._requests import (
+    RequestForgotten,
+    RequestId,
+    RequestIdReused,
+    applies_once,
+    retries_itself,
+)
 
 __all__ = [
     "OPERATIONS",
@@ -38,6 +46,8 @@ __all__ = [
     "REJECTED",
     "SAMPLER_OPERATIONS",
     "STATE_OPERATIONS",
+    "ApplyOnce",
+    "ApplyOnceSamplingClient",
     "AsyncClosing",
     "BackendClosed",
     "BackendCrashed",
@@ -56,9 +66,15 @@ __all__ = [
     "MissingChatTemplate",
     "ModelTooLarge",
     "OperationName",
+    "RequestForgotten",
+    "RequestId",
+    "RequestIdReused",
+    "RequestRecord",
     "SamplingClient",
     "Tokenizer",
     "TrainingBackend",
     "UnknownBaseModel",
     "UnsupportedLossFn",
+    "applies_once",
+    "retries_itself",
 ]

@@ -10,14 +10,18 @@ from crucible.training.session._actor import (
 )
 from crucible.training.session._client import SessionClient, SessionSamplingClient
 from crucible.training.session._journal import BackendFactory, Journal, Operation, TrainingFailed
+from crucible.training.session._policy import RETRYABLE, SNAPSHOT_PREFIX, SessionRetry
 
 __all__ = [
+    "RETRYABLE",
+    "SNAPSHOT_PREFIX",
     "BackendFactory",
     "Journal",
     "Operation",
     "OperationTimedOut",
     "Session",
     "SessionClient",
+    "SessionRetry",
     "SessionSamplingClient",
     "SessionStatus",
     "TrainingFailed",

@@ -1,14 +1,19 @@
 """The supervised training session: ordered backend work that survives backend failures.
 
-Every operation that depends on its place in the sequence (forward_backward, forward,
-optim_step, save_state, save_weights_for_sampler, load_state) goes into a journal shared by
-all incarnations of the Session actor: the operations since the last state checkpoint. When an
-operation fails (an error, a crashed or wedged backend), nobody can tell whether it was
-applied, so it is never retried in place: the session crashes, its supervisor starts a new
-incarnation, which builds a fresh backend, loads the last state checkpoint and replays the
-journal in order, answering the callers still waiting. The run ends with the weights of a run
-without failures. Position-independent reads (sampling from saved weights) are retried with
-backoff instead.
+Every operation goes into a journal shared by all incarnations of the Session actor (the
+operations since the last state checkpoint) and carries a request id, its journal sequence
+number. A failed operation is retried in place, with the same request id, when the backend
+can answer a repeat from its record (``_policy``): either the first attempt was applied and
+the record answers, or it never arrived and is applied now, in its place; nothing is applied
+twice. When the backend itself is lost (crashed, closed, wedged, out of retries, or a state
+change failed on a backend without request ids), the session crashes and its supervisor
+starts a new incarnation, which builds a fresh backend, loads the last state checkpoint and
+replays the journal in order, answering the callers still waiting. Either way the run ends
+with the weights of a run without failures.
+
+To keep a replay short, the session saves a snapshot of its own every ``snapshot_every``
+optimizer steps (a new name each time, ``_policy``), which becomes the state replays start
+from; the older ones are deleted.
 
 The journal and its operations are in ``_journal``; the client callers use is in ``_client``.
 """
@@ -31,16 +36,21 @@ from crucible.training.port import (
     STATE_OPERATIONS,
     BackendOpFailed,
     SamplingClient,
+    applies_once,
 )
 from crucible.training.session._journal import Journal, Operation, TrainingFailed
+from crucible.training.session._policy import (
+    RETRYABLE,
+    SNAPSHOT_PREFIX,
+    SessionRetry,
+    snapshot_due,
+)
 
 log = logging.getLogger("crucible.training")
 
 Status = Literal[
     "initializing", "ready", "training", "evaluating", "sampling", "completed", "failed"
 ]
-# Position-independent operations (on saved weights or files): retried in place on failure.
-RETRYABLE = SAMPLER_OPERATIONS | {"delete_checkpoint"}
 # What a session accepts: everything but sampling_client, which SessionClient builds itself.
 OPS = STATE_OPERATIONS | ORDERED_READS | RETRYABLE
 
@@ -87,13 +97,14 @@ class Session(Actor[None]):
         journal: Journal,
         *,
         op_timeout: float = 120.0,
-        read_retries: int = 3,
-        read_backoff: float = 0.05,
+        retry: SessionRetry | None = None,
+        snapshot_every: int = 0,
     ) -> None:
         self.journal = journal
         self.op_timeout = op_timeout
-        self.read_retries = read_retries
-        self.read_backoff = read_backoff
+        self.retry = retry if retry is not None else SessionRetry()
+        self.snapshot_every = snapshot_every
+        self._rng = self.retry.rng(journal.incarnations)
         self.status: str = "initializing"
         self._samplers: dict[str, SamplingClient] = {}
         self._broken = False
@@ -108,6 +119,9 @@ class Session(Actor[None]):
         journal.incarnations += 1
         self._set_status("initializing")
         self.backend = journal.make_backend(incarnation)
+        self._rng = self.retry.rng(incarnation)
+        # Request ids reach only a backend that applies each one once.
+        self._request_ids = applies_once(self.backend)
         connect = getattr(self.backend, "connect", None)
         if connect is not None:  # a remote backend (Tinker) learns its model id on connecting
             with anyio.fail_after(self.op_timeout):
@@ -146,10 +160,9 @@ class Session(Actor[None]):
                 log.debug("closing a failed backend raised", exc_info=True)
 
     async def _finish(self, entry: Operation[Any]) -> None:
-        """Submit and wait for one operation during replay (a failure fails the restart)."""
-        future = await self._submit_to_backend(entry)
-        with anyio.fail_after(self.op_timeout):
-            result = await future
+        """Submit and wait for one operation during replay, retrying in place as the policy
+        allows (any other failure fails the restart)."""
+        result = await self._await_result(entry, None)
         self._completed(entry, result)
 
     # -- submitting ------------------------------------------------------------------------
@@ -164,9 +177,17 @@ class Session(Actor[None]):
             )
         self._track_status(message.op)
         entry = self.journal.new(message.op, message.args)
+        await self._enqueue(entry)
+        if message.op == "optim_step" and snapshot_due(self.journal, self.snapshot_every):
+            await self._snapshot()
+        return entry
+
+    async def _enqueue(self, entry: Operation[Any]) -> None:
+        """Submit ``entry`` (retrying in place as the policy allows) and journal it; raises
+        a REJECTED error, with nothing journaled, when the request itself was bad."""
         if not self._broken:  # once failing, only record: the next incarnation replays it
             try:
-                future = await self._submit_to_backend(entry)
+                future = await self._submit_with_retries(entry)
             except REJECTED:
                 raise  # nothing applied, nothing journaled: the caller's request was bad
             except Exception as exc:
@@ -176,14 +197,52 @@ class Session(Actor[None]):
         # Journaled only once submitted (or failing): if this incarnation is killed before
         # this point, the caller gets ActorDead and the client resubmits to the next one.
         self.journal.entries.append(entry)
-        return entry
+
+    async def _snapshot(self) -> None:
+        """Save a state snapshot after the step just submitted (replays start from it once it
+        completes), deleting the earlier ones that replays no longer need."""
+        try:
+            for name, path in list(self.journal.snapshot_paths.items()):
+                if path != self.journal.base:
+                    del self.journal.snapshot_paths[name]
+                    await self._enqueue(self.journal.new("delete_checkpoint", (path,)))
+            # Named by its own sequence number, which must come after the deletes' (ids grow
+            # in submission order).
+            seq = self.journal.next_seq
+            await self._enqueue(self.journal.new("save_state", (f"{SNAPSHOT_PREFIX}{seq:08d}",)))
+        except REJECTED as exc:  # not the caller's problem: replays just start further back
+            log.warning("session snapshot refused: %s", exc)
 
     async def _submit_to_backend(self, entry: Operation[Any]) -> Any:
+        tag = {"request_id": entry.seq} if self._request_ids else {}
         if entry.op in SAMPLER_OPERATIONS:
             path, *rest = entry.args
             client = await self._sampler(path)
-            return await getattr(client, entry.op)(*rest)
-        return await getattr(self.backend, entry.op)(*entry.args)
+            return await getattr(client, entry.op)(*rest, **tag)
+        return await getattr(self.backend, entry.op)(*entry.args, **tag)
+
+    async def _submit_with_retries(self, entry: Operation[Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._submit_to_backend(entry)
+            except BackendOpFailed as error:
+                await self._before_retry(entry, attempt, error)
+                attempt += 1
+
+    async def _before_retry(self, entry: Operation[Any], attempt: int, error: Exception) -> None:
+        """Wait before retry ``attempt`` of ``entry``, or re-raise ``error`` when the policy
+        says the failure loses the backend."""
+        if attempt >= self.retry.max_retries or not self.retry.may_retry(self.backend, entry.op):
+            raise error
+        delay = self.retry.backoff.delay(attempt, self._rng)
+        self.journal.retries += 1
+        execute(
+            "crucible.session.retry",
+            {"attempt": attempt + 1, "delay_s": delay},
+            {"operation": entry.op, "request_id": entry.seq, "error": str(error)},
+        )
+        await anyio.sleep(delay)
 
     async def _sampler(self, path: str) -> SamplingClient:
         client = self._samplers.get(path)
@@ -215,28 +274,31 @@ class Session(Actor[None]):
             self._completed(entry, result)
 
     async def _await_result(self, entry: Operation[Any], future: Any) -> Any:
+        """The result of ``entry`` (submitting it first when ``future`` is None), sending it
+        again with the same request id after a failure, as the policy allows."""
         attempt = 0
         while True:
             try:
                 with anyio.fail_after(self.op_timeout):
+                    if future is None:
+                        future = await self._submit_to_backend(entry)
                     return await future
             except TimeoutError:
                 raise OperationTimedOut(
                     f"{entry.op} did not finish within {self.op_timeout}s (backend wedged?)"
                 ) from None
-            except BackendOpFailed:
-                # These do not depend on their place in the sequence: retry them in place.
-                if entry.op not in RETRYABLE or attempt >= self.read_retries:
-                    raise
-                await anyio.sleep(self.read_backoff * 2**attempt)
+            except BackendOpFailed as error:
+                await self._before_retry(entry, attempt, error)
                 attempt += 1
-                future = await self._submit_to_backend(entry)
+                future = None
 
     def _completed(self, entry: Operation[Any], result: Any) -> None:
         if entry.op == "optim_step" and not entry.done:  # a replayed step was counted already
             self.journal.steps += 1
         entry.resolve(result)
         if entry.op == "save_state":
+            if entry.args[0].startswith(SNAPSHOT_PREFIX):
+                self.journal.snapshot_paths[entry.args[0]] = result.path
             self.journal.checkpointed(entry, result.path)
         elif entry.op not in STATE_OPERATIONS:
             self.journal.drop(entry)  # answered and changed nothing: no need to replay it

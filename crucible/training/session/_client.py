@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 from tinker import types
 
+from crucible.actors import ActorDead
 from crucible.training.port import SamplingClient, Tokenizer
 from crucible.training.session._actor import GetStatus, SessionStatus, SetStatus, Status, Submit
 from crucible.training.session._journal import Journal, Operation
@@ -51,15 +52,19 @@ class SessionClient:
             raise self._journal.failure
         return ref
 
-    async def _submit(self, op: str, *args: Any) -> Operation[Any]:
-        from crucible.actors import ActorDead
-
+    async def _call(self, message: Any) -> Any:
+        """Call the live incarnation; one that stops before answering (a restart) passes the
+        message to the next one (every message here is safe to send again: a Submit that
+        was not answered was not journaled)."""
         while True:
             ref = await self._live_session()
             try:
-                return await ref.call(Submit(op, args), timeout=self._timeout)  # type: ignore[no-any-return]
+                return await ref.call(message, timeout=self._timeout)
             except ActorDead:
                 continue  # it stopped before taking the request: send it to the next one
+
+    async def _submit(self, op: str, *args: Any) -> Operation[Any]:
+        return await self._call(Submit(op, args))  # type: ignore[no-any-return]
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -117,12 +122,10 @@ class SessionClient:
         return done
 
     async def status(self) -> SessionStatus:
-        ref = await self._live_session()
-        return await ref.call(GetStatus(), timeout=self._timeout)  # type: ignore[no-any-return]
+        return await self._call(GetStatus())  # type: ignore[no-any-return]
 
     async def set_status(self, status: Status) -> None:
-        ref = await self._live_session()
-        await ref.call(SetStatus(status), timeout=self._timeout)
+        await self._call(SetStatus(status))
 
     async def aclose(self) -> None:
         """The tree owns the backend; closing the client only stops using it."""

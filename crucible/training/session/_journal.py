@@ -79,12 +79,20 @@ class Journal:
     entries: list[Operation[Any]] = attrs.field(factory=list)
     incarnations: int = 0
     steps: int = 0  # optim steps applied in the surviving timeline
+    retries: int = 0  # operations sent again in place after a failure
+    # The session's own snapshots that were saved and not yet deleted: name -> path.
+    snapshot_paths: dict[str, str] = attrs.field(factory=dict)
     last_failure: str | None = None
     failure: TrainingFailed | None = None
     tokenizer: Tokenizer | None = None
     info: types.GetInfoResponse | None = None
     gave_up: anyio.Event = attrs.field(factory=anyio.Event)
     _next_seq: int = 0
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number (request id) the next ``new`` operation gets."""
+        return self._next_seq
 
     def new(self, op: str, args: tuple[Any, ...]) -> Operation[Any]:
         entry: Operation[Any] = Operation(self._next_seq, op, args)

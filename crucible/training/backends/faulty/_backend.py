@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from tinker import types
 
@@ -13,9 +14,23 @@ from crucible.training.backends.faulty._faults import (
     InjectedFault,
     LatencyDistribution,
 )
-from crucible.training.port import DeferredResult, SamplingClient, Tokenizer, TrainingBackend
+from crucible.training.port import (
+    DeferredResult,
+    RequestId,
+    SamplingClient,
+    Tokenizer,
+    TrainingBackend,
+    applies_once,
+    retries_itself,
+)
 
 _DEFAULT_LATENCY = LatencyDistribution()
+
+
+def _tagged(request_id: RequestId | None) -> dict[str, Any]:
+    """The request id for the inner backend, passed on only when the caller gave one (an inner
+    backend that does not apply once takes no ``request_id``)."""
+    return {} if request_id is None else {"request_id": request_id}
 
 
 class FaultySamplingClient:
@@ -23,24 +38,40 @@ class FaultySamplingClient:
         self._inner = inner
         self._source = source
 
+    @property
+    def applies_once(self) -> bool:
+        return applies_once(self._inner)
+
     async def sample(
         self,
         prompt: types.ModelInput,
         num_samples: int,
         sampling_params: types.SamplingParams,
+        *,
+        request_id: RequestId | None = None,
     ) -> Awaitable[types.SampleResponse]:
+        inner: Any = self._inner
         return await self._source.run(
-            "sample", lambda: self._inner.sample(prompt, num_samples, sampling_params)
+            "sample",
+            lambda: inner.sample(prompt, num_samples, sampling_params, **_tagged(request_id)),
         )
 
-    async def compute_logprobs(self, prompt: types.ModelInput) -> Awaitable[list[float | None]]:
+    async def compute_logprobs(
+        self, prompt: types.ModelInput, *, request_id: RequestId | None = None
+    ) -> Awaitable[list[float | None]]:
+        inner: Any = self._inner
         return await self._source.run(
-            "compute_logprobs", lambda: self._inner.compute_logprobs(prompt)
+            "compute_logprobs", lambda: inner.compute_logprobs(prompt, **_tagged(request_id))
         )
 
 
 class FaultyBackend:
     """A TrainingBackend that injects faults into ``inner``'s operations (see module doc).
+
+    Each operation takes ``request_id=`` and passes it on to ``inner`` (which must then apply
+    once, e.g. ``ApplyOnce``): the faults model a lost connection in front of the backend's
+    record of requests, so a retry of an "applied then failed" request is answered from the
+    record instead of being applied twice.
 
     ``ops`` limits faults to the named operations (for example ``{"optim_step"}``); the random
     stream is drawn for every call regardless, so schedules stay comparable.
@@ -57,6 +88,8 @@ class FaultyBackend:
         ops: Sequence[str] | None = None,
     ) -> None:
         self.inner = inner
+        # The same object, typed loosely: a request id reaches it only when the caller gave one.
+        self._tagged: Any = inner
         self._source = FaultSource(
             seed, rate, kinds, latency, None if ops is None else frozenset(ops)
         )
@@ -71,6 +104,15 @@ class FaultyBackend:
         return self._source.crashed
 
     @property
+    def applies_once(self) -> bool:
+        """As ``inner``: the faults model a lost connection, outside its record of requests."""
+        return applies_once(self.inner)
+
+    @property
+    def retries_itself(self) -> bool:
+        return retries_itself(self.inner)
+
+    @property
     def tokenizer(self) -> Tokenizer:
         return self.inner.tokenizer
 
@@ -78,44 +120,73 @@ class FaultyBackend:
         return self.inner.info()
 
     async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        *,
+        request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
         return await self._source.run(
-            "forward_backward", lambda: self.inner.forward_backward(data, loss_fn)
+            "forward_backward",
+            lambda: self._tagged.forward_backward(data, loss_fn, **_tagged(request_id)),
         )
 
     async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        *,
+        request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
-        return await self._source.run("forward", lambda: self.inner.forward(data, loss_fn))
+        return await self._source.run(
+            "forward", lambda: self._tagged.forward(data, loss_fn, **_tagged(request_id))
+        )
 
-    async def optim_step(self, adam_params: types.AdamParams) -> Awaitable[types.OptimStepResponse]:
-        return await self._source.run("optim_step", lambda: self.inner.optim_step(adam_params))
+    async def optim_step(
+        self, adam_params: types.AdamParams, *, request_id: RequestId | None = None
+    ) -> Awaitable[types.OptimStepResponse]:
+        return await self._source.run(
+            "optim_step", lambda: self._tagged.optim_step(adam_params, **_tagged(request_id))
+        )
 
-    async def save_state(self, name: str) -> Awaitable[types.SaveWeightsResponse]:
-        return await self._source.run("save_state", lambda: self.inner.save_state(name))
+    async def save_state(
+        self, name: str, *, request_id: RequestId | None = None
+    ) -> Awaitable[types.SaveWeightsResponse]:
+        return await self._source.run(
+            "save_state", lambda: self._tagged.save_state(name, **_tagged(request_id))
+        )
 
     async def load_state(
-        self, path: str, with_optimizer: bool = True
+        self, path: str, with_optimizer: bool = True, *, request_id: RequestId | None = None
     ) -> Awaitable[types.LoadWeightsResponse]:
         return await self._source.run(
-            "load_state", lambda: self.inner.load_state(path, with_optimizer)
+            "load_state",
+            lambda: self._tagged.load_state(path, with_optimizer, **_tagged(request_id)),
         )
 
     async def save_weights_for_sampler(
-        self, name: str
+        self, name: str, *, request_id: RequestId | None = None
     ) -> Awaitable[types.SaveWeightsForSamplerResponse]:
         return await self._source.run(
-            "save_weights_for_sampler", lambda: self.inner.save_weights_for_sampler(name)
+            "save_weights_for_sampler",
+            lambda: self._tagged.save_weights_for_sampler(name, **_tagged(request_id)),
         )
 
-    async def delete_checkpoint(self, path: str) -> Awaitable[None]:
+    async def delete_checkpoint(
+        self, path: str, *, request_id: RequestId | None = None
+    ) -> Awaitable[None]:
         return await self._source.run(
-            "delete_checkpoint", lambda: self.inner.delete_checkpoint(path)
+            "delete_checkpoint",
+            lambda: self._tagged.delete_checkpoint(path, **_tagged(request_id)),
         )
 
-    async def sampling_client(self, path: str | None = None) -> Awaitable[SamplingClient]:
-        inner = await self._source.run("sampling_client", lambda: self.inner.sampling_client(path))
+    async def sampling_client(
+        self, path: str | None = None, *, request_id: RequestId | None = None
+    ) -> Awaitable[SamplingClient]:
+        inner = await self._source.run(
+            "sampling_client",
+            lambda: self._tagged.sampling_client(path, **_tagged(request_id)),
+        )
 
         async def wrap() -> SamplingClient:
             return FaultySamplingClient(await inner, self._source)

@@ -21,6 +21,11 @@ hang                 the result never arrives (until the waiter is cancelled); t
 ``transient`` and ``applied_then_failed`` raise the same type with the same message on
 purpose: a caller cannot tell them apart, exactly as with a lost connection. The ``injected``
 log says which was which, for tests and benchmarks.
+
+The faults model a lost connection, so they sit in front of the backend's record of requests:
+over ``ApplyOnce(backend)``, a retry of an ``applied_then_failed`` operation with the same
+request id is answered from the record and never applied twice, and a retry of a
+``transient`` one is applied once, in its place.
 """
 
 from __future__ import annotations

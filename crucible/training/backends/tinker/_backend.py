@@ -6,7 +6,10 @@ How it drives the SDK, and why:
   deprecated ``*_async`` ones; each returns an ``APIFuture`` at once, bridged (``_bridge``) to
   a result that waits without a thread and is never cancelled by a waiter.
 - No retries: the SDK already retries connection errors and 408/409/429/5xx (for up to about
-  5 minutes per request), so an error that reaches us is final for that request.
+  5 minutes per request, re-sending the same sequence id), so an error that reaches us is
+  final for that request. The request id of an operation is the SDK's sequence id (assigned
+  in call order); the backend declares ``retries_itself`` so the session does not retry it
+  again with a new one.
 - The first call that needs the session (``ServiceClient`` builds it lazily, synchronously,
   with retries) runs on a daemon setup thread, off the event loop.
 - ``load_state`` builds a new TrainingClient with
@@ -26,7 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import tinker
@@ -61,6 +64,13 @@ class TinkerBackend(AsyncClosing):
     Constructing it sends nothing; the first operation connects (on a setup thread). Use it
     from one event loop, with ``async with`` or ``aclose()``.
     """
+
+    #: The SDK already retried every failure that reaches us (connection errors, 408/409/429/
+    #: 5xx, for minutes, re-sending the same sequence id, which the server answers from its
+    #: record); sending the request again ourselves would give it a new sequence id and could
+    #: apply it twice. So the session never retries our operations in place: a failed state
+    #: operation loses this client, and the session rebuilds it from the last checkpoint.
+    retries_itself: Final = True
 
     def __init__(self, config: TinkerBackendConfig) -> None:
         self.config = config

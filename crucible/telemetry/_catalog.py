@@ -109,6 +109,10 @@ _CATALOG: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
                 "A supervisor exceeded its restart intensity and gave up (reason).",
             ),
             ("crucible.session.status", "A training session changed status (from, to)."),
+            (
+                "crucible.session.retry",
+                "A failed backend operation is sent again in place with its request id.",
+            ),
             ("crucible.checkpoint.saved", "The CheckpointManager saved a checkpoint (name)."),
             ("crucible.checkpoint.retry", "A checkpoint backend call failed and is retried."),
             ("crucible.checkpoint.pruned", "The CheckpointManager pruned checkpoints (removed)."),

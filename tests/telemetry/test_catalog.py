@@ -50,6 +50,7 @@ def test_the_crucible_category_holds_the_runtime_events() -> None:
         "crucible.actor.restarted",
         "crucible.actor.escalated",
         "crucible.session.status",
+        "crucible.session.retry",
         "crucible.checkpoint.saved",
         "crucible.checkpoint.retry",
         "crucible.checkpoint.pruned",
@@ -68,7 +69,7 @@ def test_event_info() -> None:
 
 def test_every_name_is_unique_and_listed_once() -> None:
     names = telemetry.standard_events()
-    assert len(names) == len(set(names)) == 41
+    assert len(names) == len(set(names)) == 42
     for category, members in telemetry.events_by_category().items():
         for name in members:
             info = telemetry.event_info(name)

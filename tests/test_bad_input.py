@@ -216,7 +216,7 @@ CASES = [
     Case(
         "unknown base model",
         lambda f: argv(f, base_model="nope"),
-        "unknown base model 'nope'",
+        "base model 'nope' not found offline",
         fixed,
     ),
 ]

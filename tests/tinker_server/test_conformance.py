@@ -71,7 +71,14 @@ def fwd_bwd_ok(output: types.ForwardBackwardOutput) -> None:
 
 
 def sampled(response: types.SampleResponse) -> None:
-    assert len(response.sequences) == 1 and len(response.sequences[0].tokens) == 3
+    """One sequence that ran to ``max_tokens`` or stopped early at end-of-sequence."""
+    assert len(response.sequences) == 1
+    sequence = response.sequences[0]
+    assert 1 <= len(sequence.tokens) <= PARAMS.max_tokens
+    if sequence.stop_reason == "length":
+        assert len(sequence.tokens) == PARAMS.max_tokens
+    else:
+        assert sequence.stop_reason == "stop"
 
 
 def custom_loss(data: list[types.Datum], logprobs: list[Any]) -> tuple[Any, dict[str, float]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -155,7 +156,8 @@ class LocalEngine:
 
         Rows are right-padded and attention is causal, so no real token ever attends to
         padding: no attention mask is needed (which keeps SDPA on its fast causal path)."""
-        logits = self.model(input_ids=batch.inputs, use_cache=False).logits
+        with _no_padding_advice():
+            logits = self.model(input_ids=batch.inputs, use_cache=False).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target_logprobs = logprobs.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
         loss = -(target_logprobs * batch.weights).sum()
@@ -360,3 +362,22 @@ def _pad_id(tokenizer: Any) -> int:
         if isinstance(candidate, tuple) and candidate:
             return int(candidate[0])
     return 0
+
+
+class _DropPaddingAdvice(logging.Filter):
+    """transformers advises an attention mask whenever a row holds the pad token; the training
+    rows are right-padded under causal attention, where the advice does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_padding_advice() -> Iterator[None]:
+    logger = logging.getLogger("transformers.modeling_utils")
+    advice = _DropPaddingAdvice()
+    logger.addFilter(advice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(advice)

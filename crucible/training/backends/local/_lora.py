@@ -140,6 +140,8 @@ def apply_lora(model: nn.Module, lora: LoraConfig, seed: int) -> Any:
         torch.manual_seed(seed)  # peft draws A from the global generator
         # peft notes that GPT-2's Conv1D needs fan_in_fan_out and sets it itself
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        # peft 0.21 still asks transformers 5 the deprecated question; nothing for a user to do
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         peft_model = get_peft_model(model, config)
     peft_model.eval()
     return peft_model

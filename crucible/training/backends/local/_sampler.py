@@ -297,7 +297,8 @@ def _filtered(logits: torch.Tensor, params: types.SamplingParams) -> torch.Tenso
 def _cache_of(output: Any) -> Any:
     """The KV cache of a forward pass (``cache`` since transformers 5.2x, before that
     ``past_key_values``)."""
-    return output.get("cache", output.get("past_key_values"))
+    cache = output.get("cache")  # not .get(.., default): reading the old name warns
+    return cache if cache is not None else output.get("past_key_values")
 
 
 def _cache_argument(model: Any) -> str:

@@ -23,7 +23,12 @@ from crucible.recipes._batches import BatchPlan
 from crucible.recipes._config import ConfigError, TrainConfig
 from crucible.recipes._data import DatasetError, DatasetSplits, JsonlDatasetStore, TaskDatasetStore
 from crucible.recipes._run_dir import run_dir_files
-from crucible.recipes._session_setup import BackendUnavailable, check_backend, registry_path
+from crucible.recipes._session_setup import (
+    BackendUnavailable,
+    check_backend,
+    init_from_state_file,
+    registry_path,
+)
 from crucible.recipes._tasks import TaskName
 from crucible.recipes._workflow import MissingAdapters, StageFailed, check_adapters
 from crucible.recipes.sl_basic import SL_BASIC
@@ -34,7 +39,6 @@ from crucible.training import (
     MissingChatTemplate,
     ModelTooLarge,
     UnknownBaseModel,
-    latest_state_checkpoint,
 )
 from crucible.training.checkpoints import Verify, latest_verified_state_checkpoint
 
@@ -193,24 +197,8 @@ def check_resumable(run_dir: Path) -> None:
 
 
 def check_init_from(source: Path) -> None:
-    """``init_from`` names another run directory with a state checkpoint to start from."""
-    if not source.is_dir():
-        raise ConfigError(f"init_from {source}: no such run directory")
-    try:
-        record = latest_state_checkpoint(source)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"init_from {source}: cannot read its checkpoints: {error}") from None
-    if record is None or record.state_path is None:
-        raise ConfigError(f"init_from {source}: the run has no state checkpoint to start from")
-    if record.state_path.startswith("local://"):
-        from crucible.training.backends.local import CheckpointPath  # torch: only when needed
-
-        try:
-            weights = CheckpointPath.parse(record.state_path).file(source / "checkpoints")
-        except InvalidCheckpointPath as error:
-            raise ConfigError(f"init_from {source}: {error}") from None
-        if not weights.is_file():
-            raise ConfigError(f"init_from {source}: its checkpoint file {weights} is missing")
+    """``init_from`` names another local run directory with a state checkpoint to start from."""
+    init_from_state_file(source)
 
 
 def bad_input_in(error: BaseException) -> BaseException | None:

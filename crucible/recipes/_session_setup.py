@@ -180,6 +180,31 @@ async def open_training_session(
         )
 
 
+def init_from_state_file(source_run: Path) -> Path:
+    """The state file of the checkpoint that ``init_from`` (another local run directory)
+    starts from: its newest state checkpoint. ConfigError names what is missing or wrong."""
+    from crucible.training.backends.local import CheckpointPath  # torch: only when needed
+
+    if not source_run.is_dir():
+        raise ConfigError(f"init_from {source_run}: no such run directory")
+    try:
+        record = latest_state_checkpoint(source_run)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"init_from {source_run}: cannot read its checkpoints: {error}") from None
+    if record is None or record.state_path is None:
+        raise ConfigError(f"init_from {source_run}: the run has no state checkpoint to start from")
+    try:
+        source = CheckpointPath.parse(record.state_path)
+    except InvalidCheckpointPath as error:
+        raise ConfigError(f"init_from {source_run}: {error}") from None
+    if source.kind != "weights":
+        raise ConfigError(f"init_from: {record.state_path} is not a local state checkpoint")
+    weights = source.file(source_run / "checkpoints")
+    if not weights.is_file():
+        raise ConfigError(f"init_from {source_run}: its checkpoint file {weights} is missing")
+    return weights
+
+
 def import_initial_weights(source_run: Path, log_dir: Path, run_id: str) -> str:
     """Copy the last state checkpoint of another local run into this run, for ``init_from``.
 
@@ -187,19 +212,11 @@ def import_initial_weights(source_run: Path, log_dir: Path, run_id: str) -> str:
     """
     from crucible.training.backends.local import CheckpointPath
 
-    record = latest_state_checkpoint(source_run)
-    if record is None or record.state_path is None:
-        raise ConfigError(f"init_from: {source_run} has no state checkpoint to start from")
-    try:
-        source = CheckpointPath.parse(record.state_path)
-    except InvalidCheckpointPath:
-        source = None
-    if source is None or source.kind != "weights":
-        raise ConfigError(f"init_from: {record.state_path} is not a local state checkpoint")
+    source = init_from_state_file(source_run)
     target = CheckpointPath(run_id, "weights", "init")
     destination = target.file(log_dir / "checkpoints")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source.file(source_run / "checkpoints"), destination)
+    shutil.copyfile(source, destination)
     return str(target)
 
 

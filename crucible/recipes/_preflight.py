@@ -189,7 +189,7 @@ def check_resumable(run_dir: Path) -> None:
     files = run_dir_files(run_dir)
     if not files.used() or not files.config.exists():
         raise NothingToResume(f"--resume {run_dir}: there is no run to resume there")
-    if resume_point_of(run_dir) is None and files.summary.exists():
+    if files.summary.exists() and resume_point_of(run_dir) is None:
         raise NothingToResume(
             f"--resume {run_dir}: the run ended without a checkpoint to continue from; "
             "start it again (behavior_if_exists=delete)"

@@ -61,6 +61,19 @@ def test_a_run_writes_every_file_in_its_format(
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_conversations_cut_at_max_length_are_counted_in_metrics_and_summary(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    # the tiny dataset's dialogues are about 30 tokens: 16 keeps the prompt and cuts the answer
+    assert main([*tiny_overrides(tmp_path, run_dir, max_length=16, max_steps=4)]) == 0
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    truncated = [r["value"] for r in records if r["metric"] == "data/truncated_total"]
+    assert truncated == sorted(truncated) and truncated[-1] == 16  # 4 steps x 4, running total
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["conversations_truncated"] == 16
+
+
 def test_an_existing_run_dir_is_not_overwritten(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

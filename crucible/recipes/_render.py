@@ -239,19 +239,29 @@ def fit_prompt(
     return None
 
 
-def render_data(
+@attrs.frozen
+class RenderedBatch:
+    """One training batch, with how many of its conversations were cut at max_length and how
+    many were left out because the cut left nothing to train on."""
+
+    data: list[types.Datum]
+    truncated: int
+    skipped: int
+
+
+def render_batch(
     renderer: ChatRenderer,
     conversations: Sequence[Conversation],
     train_on: TrainOn,
     max_length: int,
-) -> list[types.Datum]:
+) -> RenderedBatch:
     """Datums for ``conversations``, without those that truncation left with nothing to train
-    on (counted in ``renderer.counts.skipped``)."""
-    data = []
-    for conversation in conversations:
-        datum = renderer.datum(conversation, train_on, max_length)
-        if datum_weight(datum) > 0:
-            data.append(datum)
-        else:
-            renderer.counts.skipped += 1
-    return data
+    on, and this batch's counts (also added to ``renderer.counts``). A batch whose every
+    conversation would be left out keeps them all: an empty batch cannot be trained, and
+    zero-weight rows change nothing."""
+    truncated_before = renderer.counts.truncated
+    every = [renderer.datum(c, train_on, max_length) for c in conversations]
+    trainable = [datum for datum in every if datum_weight(datum) > 0]
+    skipped = len(every) - len(trainable)
+    renderer.counts.skipped += skipped
+    return RenderedBatch(trainable or every, renderer.counts.truncated - truncated_before, skipped)

@@ -10,7 +10,7 @@ from crucible.recipes._render import (
     ROLE_COLON,
     TokenizerTemplate,
     fit_prompt,
-    render_data,
+    render_batch,
     template_for,
 )
 from crucible.training.backends.local import ByteTokenizer
@@ -106,9 +106,19 @@ def test_truncation_is_counted_and_nothing_left_to_train_on_is_skipped() -> None
     renderer = ChatRenderer(TOKENIZER, template_for("tokenizer", TOKENIZER))
     short = Conversation((Message("user", "hi"), Message("assistant", "yo")))
     long = Conversation((Message("user", "x" * 80), Message("assistant", "yo")))
-    data = render_data(renderer, [short, long, short], "all_assistant", 40)
-    assert len(data) == 2
+    batch = render_batch(renderer, [short, long, short], "all_assistant", 40)
+    assert len(batch.data) == 2 and (batch.truncated, batch.skipped) == (1, 1)
     assert (renderer.counts.truncated, renderer.counts.skipped) == (1, 1)
+    again = render_batch(renderer, [long, short], "all_assistant", 40)
+    assert (again.truncated, again.skipped) == (1, 1)  # the batch's own counts
+    assert (renderer.counts.truncated, renderer.counts.skipped) == (2, 2)
+
+
+def test_a_batch_with_nothing_to_train_on_keeps_its_rows_and_counts_them() -> None:
+    renderer = ChatRenderer(TOKENIZER, template_for("tokenizer", TOKENIZER))
+    long = Conversation((Message("user", "x" * 80), Message("assistant", "yo")))
+    batch = render_batch(renderer, [long, long], "all_assistant", 40)
+    assert len(batch.data) == 2 and (batch.truncated, batch.skipped) == (2, 2)
 
 
 def test_evaluation_prompts_drop_the_oldest_turns_to_fit() -> None:

@@ -10,20 +10,19 @@ from __future__ import annotations
 import math
 import time
 
-from tinker import types
-
 from crucible.recipes._eval import EvalResult
+from crucible.recipes._render import RenderedBatch, render_batch
 from crucible.recipes.sl_basic._reporting import elapsed_ns, log_completed, record_metrics
 from crucible.recipes.sl_basic._state import SLContext
 from crucible.telemetry import execute
 from crucible.training import CheckpointKind, CheckpointManagerClient
 
 
-def render_batch(ctx: SLContext, step: int) -> list[types.Datum]:
+def step_batch(ctx: SLContext, step: int) -> RenderedBatch:
     state, config = ctx.state, ctx.config
     assert state.plan is not None and state.splits is not None and state.renderer is not None
     conversations = state.plan.batch(state.splits.train, step)
-    return [state.renderer.datum(c, config.train_on, config.max_length) for c in conversations]
+    return render_batch(state.renderer, conversations, config.train_on, config.max_length)
 
 
 async def collect(ctx: SLContext, *, keep_newest: bool) -> None:

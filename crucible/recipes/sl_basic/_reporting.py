@@ -12,6 +12,9 @@ from crucible.recipes.sl_basic._state import MetricHistory, SLContext
 from crucible.telemetry import execute
 
 TRAIN_LOSS, EVAL_NLL, EVAL_ACCURACY = "train/loss", "eval/nll", "eval/accuracy"
+# Running totals, recorded at the steps that add to them (the last value is the run's total,
+# across resumes too: the history is rebuilt from the stored records).
+TRUNCATED, SKIPPED = "data/truncated_total", "data/skipped_total"
 _TASK_ACCURACY = f"{EVAL_ACCURACY}/"
 
 
@@ -54,6 +57,9 @@ async def log_completed(ctx: SLContext) -> None:
             "train/grad_norm": grad_norm,
             "train/epoch": float(entry.epoch),
         }
+        for name, count in ((TRUNCATED, entry.truncated), (SKIPPED, entry.skipped)):
+            if count:
+                values[name] = (state.history.last(name) or 0.0) + count
         await record_metrics(ctx, entry.step, values)
         state.last_logged_step = entry.step
         execute(
@@ -91,6 +97,8 @@ def summary_metrics(history: MetricHistory) -> dict[str, Any]:
         "eval_nll_last": history.last(EVAL_NLL),
         "eval_accuracy_first": history.first(EVAL_ACCURACY),
         "eval_accuracy_last": history.last(EVAL_ACCURACY),
+        "conversations_truncated": int(history.last(TRUNCATED) or 0),
+        "conversations_skipped": int(history.last(SKIPPED) or 0),
         "eval_accuracy_by_task": {
             name.removeprefix(_TASK_ACCURACY): history.last(name)
             for name in history.names()

@@ -16,9 +16,9 @@ from crucible.recipes._render import ChatRenderer, datum_weight, template_for
 from crucible.recipes._schedule import learning_rate
 from crucible.recipes.sl_basic._pipeline import (
     collect,
-    render_batch,
     run_evaluation,
     save_checkpoint,
+    step_batch,
 )
 from crucible.recipes.sl_basic._reporting import elapsed_ns, log_completed
 from crucible.recipes.sl_basic._state import InFlight, SLContext
@@ -126,9 +126,10 @@ class ForwardBackward:
         state = ctx.state
         assert state.plan is not None
         prepared, state.prepared = state.prepared, None
-        data = prepared[1] if prepared and prepared[0] == state.step else None
-        if data is None:
-            data = render_batch(ctx, state.step)
+        rendered = prepared[1] if prepared and prepared[0] == state.step else None
+        if rendered is None:
+            rendered = step_batch(ctx, state.step)
+        data = rendered.data
         epoch, batch = state.plan.position(state.step)
         config = ctx.config
         lr = learning_rate(
@@ -141,13 +142,15 @@ class ForwardBackward:
             lr=lr,
             tokens=sum(d.model_input.length for d in data),
             trained_tokens=sum(datum_weight(d) for d in data),
+            truncated=rendered.truncated,
+            skipped=rendered.skipped,
             submitted_at=time.perf_counter(),
         )
         client: TrainingBackend = ctx.adapter("training_client")
         entry.fb = await client.forward_backward(data, "cross_entropy")
         state.inflight.append(entry)
         if state.step < state.total_steps:
-            state.prepared = (state.step + 1, render_batch(ctx, state.step + 1))
+            state.prepared = (state.step + 1, step_batch(ctx, state.step + 1))
 
 
 class AwaitForwardBackward:

@@ -16,7 +16,7 @@ from crucible.recipes._batches import BatchPlan
 from crucible.recipes._config import TrainConfig
 from crucible.recipes._data import DatasetSplits
 from crucible.recipes._eval import Evaluator
-from crucible.recipes._render import ChatRenderer
+from crucible.recipes._render import ChatRenderer, RenderedBatch
 from crucible.recipes._workflow import Context
 
 
@@ -31,6 +31,8 @@ class InFlight:
     tokens: int
     trained_tokens: float
     submitted_at: float
+    truncated: int = 0  # conversations of this batch cut at max_length
+    skipped: int = 0  # ... and those the cut left with nothing to train on
     fb: Awaitable[types.ForwardBackwardOutput] | None = None
     optim: Awaitable[types.OptimStepResponse] | None = None
     fb_result: types.ForwardBackwardOutput | None = None
@@ -102,7 +104,7 @@ class SLState:
     step: int = 0  # the step most recently submitted (1-based); 0 before the first
     epoch: int = 0
     inflight: deque[InFlight] = attrs.field(factory=deque)
-    prepared: tuple[int, list[types.Datum]] | None = None  # the next step's rendered batch
+    prepared: tuple[int, RenderedBatch] | None = None  # the next step's rendered batch
     completed: list[InFlight] = attrs.field(factory=list)
     last_logged_step: int = 0
     # when the last step's results were seen; None after a pause (evaluation, checkpoint), so

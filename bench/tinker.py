@@ -29,7 +29,12 @@ from rich.table import Table
 from bench.training import ADAM, chat_batch, measure, tokens_in
 from crucible.tinker_server import ServerConfig, running_server
 from crucible.training import TinkerBackend, TinkerBackendConfig
-from crucible.training.backends.local import LocalBackend, LocalBackendConfig, LoraConfig
+from crucible.training.backends.local import (
+    DEFAULT_BASE_MODEL,
+    LocalBackend,
+    LocalBackendConfig,
+    LoraConfig,
+)
 
 API_KEY = "tml-bench"
 RANK = 16
@@ -50,14 +55,18 @@ async def cpu_per_step(
 
 
 async def compare(
-    base_url: str, root: str, batch_size: int, steps: int, rounds: int
+    base_url: str, root: str, base_model: str, batch_size: int, steps: int, rounds: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     data = chat_batch(batch_size)
     local_config = LocalBackendConfig(
-        lora=LoraConfig(rank=RANK, alpha=2.0 * RANK), seed=0, checkpoint_root=root, run_id="bench"
+        base_model=base_model,
+        lora=LoraConfig(rank=RANK, alpha=2.0 * RANK),
+        seed=0,
+        checkpoint_root=root,
+        run_id="bench",
     )
     remote_config = TinkerBackendConfig(
-        base_model="crucible/tiny-2l-128",
+        base_model=base_model,
         lora_rank=RANK,
         seed=0,
         base_url=base_url,
@@ -87,6 +96,7 @@ async def compare(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="train steps per mode per round")
     parser.add_argument("--rounds", type=int, default=5)
@@ -105,12 +115,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         with running_server(config) as server:
             results, cpu = anyio.run(
-                compare, server.base_url, root, args.batch_size, args.steps, args.rounds
+                compare,
+                server.base_url,
+                root,
+                args.base_model,
+                args.batch_size,
+                args.steps,
+                args.rounds,
             )
     tokens = tokens_in(chat_batch(args.batch_size))
     baseline = results["LocalBackend (baseline)"]
     table = Table(
-        title=f"train step, crucible/tiny-2l-128, LoRA r{RANK}, batch {args.batch_size} "
+        title=f"train step, {args.base_model}, LoRA r{RANK}, batch {args.batch_size} "
         f"({tokens} tokens), median of {args.rounds} rounds x {args.steps} steps, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )

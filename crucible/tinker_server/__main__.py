@@ -1,4 +1,5 @@
-"""``python -m crucible.tinker_server [--port 8700] [--root DIR] [--api-key tml-...]``."""
+"""``python -m crucible.tinker_server [--port 8700] [--root DIR] [--api-key tml-...]
+[--model NAME=PATH] [--hf-cache DIR]``."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="seconds without a heartbeat (the SDK beats every 10 s) before a session expires "
         "and its models are freed",
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve the Hugging Face model directory PATH as NAME (repeatable; a bare NAME "
+        "serves a shipped model, a directory or an HF-cache id under that name); default: "
+        "the models shipped with Crucible. A directory model is also served under its "
+        "absolute path, which AutoTokenizer.from_pretrained reads directly",
+    )
+    parser.add_argument(
+        "--hf-cache",
+        default=None,
+        metavar="DIR",
+        help="lay the served models out in DIR as a Hugging Face hub cache, so a client with "
+        "HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1 loads their tokenizers by name (tinker-cookbook, "
+        "the SDK's get_tokenizer)",
+    )
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument(
         "--client-config",
@@ -61,6 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
             torch_threads=args.torch_threads,
             client_config=json.loads(args.client_config),
             session_timeout_s=args.session_timeout,
+            models=args.model,
+            hf_cache=args.hf_cache,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -72,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Tinker-compatible server on http://{config.host}:{config.port} (root {config.root})",
         file=sys.stderr,
     )
+    for model in config.served.models.values():
+        where = f" (also as {model.directory.resolve()})" if model.directory is not None else ""
+        print(f"  serving {model.name}{where}", file=sys.stderr)
+    if config.hf_cache is not None:
+        print(
+            f"  clients' tokenizers: HF_HUB_CACHE={config.hf_cache.resolve()} HF_HUB_OFFLINE=1",
+            file=sys.stderr,
+        )
     serve(config)
 
 

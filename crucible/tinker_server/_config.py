@@ -8,6 +8,8 @@ from typing import Any, Final
 
 import attrs
 
+from crucible.tinker_server._served import ServedModels, parse_model_spec
+
 #: The HTTP-level failures the fault mode draws from (see ``FaultInjector``); the training
 #: layer's FAULT_KINDS are backend faults, a different vocabulary.
 HTTP_FAULT_KINDS: Final = ("500", "503", "429", "drop")
@@ -25,6 +27,13 @@ class ServerConfig:
     ``session_timeout_s``: a session whose heartbeats (every 10 s from the SDK) stop for this
     long expires and its models are freed. ``on_session_expired`` is called (on the server's
     thread) with the id of each session that expires: for tests and embedding.
+
+    ``models``: what it serves, each ``NAME=PATH`` (a Hugging Face model directory served as
+    NAME) or ``NAME`` (a shipped model, a directory or an HF-cache id, under that name); empty
+    serves the models shipped with Crucible. They are found when the config is made, so a
+    missing one fails here, before anything listens. ``hf_cache``: a folder where the server
+    lays the served models out as a Hugging Face hub cache for clients' tokenizers (see
+    ``link_hf_cache``).
     """
 
     host: str = "127.0.0.1"
@@ -40,6 +49,13 @@ class ServerConfig:
     client_config: dict[str, Any] = attrs.field(factory=dict)
     session_timeout_s: float = attrs.field(default=120.0)
     on_session_expired: Callable[[str], None] | None = attrs.field(default=None, eq=False)
+    models: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    hf_cache: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    served: ServedModels = attrs.field(init=False, eq=False, repr=False)
+
+    @served.default
+    def _find_models(self) -> ServedModels:
+        return ServedModels(parse_model_spec(spec) for spec in self.models)
 
     @session_timeout_s.validator
     def _check_session_timeout(self, _attribute: Any, value: float) -> None:

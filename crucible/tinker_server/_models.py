@@ -19,9 +19,7 @@ import msgspec
 from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._errors import ServiceError, category, describe
 from crucible.tinker_server._futures import FutureTable, Outcome, Pending
-from crucible.training import UnknownBaseModel
 from crucible.training.backends.local import (
-    BASE_MODELS,
     LocalBackend,
     LocalBackendConfig,
     LoraConfig,
@@ -55,11 +53,9 @@ def local_lora(run: RunInfo) -> LoraConfig:
     )
 
 
-def check_base_model(name: str) -> None:
-    if name not in BASE_MODELS:
-        raise UnknownBaseModel(
-            f"unknown base model {name!r}; this server serves {', '.join(sorted(BASE_MODELS))}"
-        )
+def check_base_model(config: ServerConfig, name: str) -> None:
+    """Raises UnknownBaseModel unless the server serves ``name`` (by name or directory)."""
+    config.served.lookup(name)
 
 
 def new_backend(config: ServerConfig, run: RunInfo, folder: str) -> LocalBackend:
@@ -67,7 +63,7 @@ def new_backend(config: ServerConfig, run: RunInfo, folder: str) -> LocalBackend
     ``run_folder_name``; blocking: it builds the model)."""
     return LocalBackend(
         LocalBackendConfig(
-            base_model=run.base_model,
+            base_model=config.served.source(run.base_model),
             lora=local_lora(run),
             seed=run.seed,
             checkpoint_root=config.root,

@@ -81,7 +81,7 @@ class Sampling:
                 client = await (await host.sampling_client(str(path.local)))
                 base_model = run.base_model
             elif request.base_model is not None:
-                check_base_model(request.base_model)
+                check_base_model(self.config, request.base_model)
                 run = RunInfo("base", request.base_model, lora_rank=1, seed=0)
                 client = await (await (await self._host(run)).sampling_client(None))
                 base_model = request.base_model

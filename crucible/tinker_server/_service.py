@@ -11,13 +11,16 @@ from crucible.tinker_server._checkpoints import Checkpoints
 from crucible.tinker_server._config import ServerConfig
 from crucible.tinker_server._records import Records
 from crucible.tinker_server._sampling import Sampling
+from crucible.tinker_server._served import link_hf_cache
 from crucible.tinker_server._sessions import Sessions
 from crucible.tinker_server._training import Training
-from crucible.training.backends.local import BASE_MODELS
 
 
 class TinkerService:
     def __init__(self, config: ServerConfig, task_group: TaskGroup) -> None:
+        self.config = config
+        if config.hf_cache is not None:
+            link_hf_cache(config.served, config.hf_cache)
         self.records = Records(config.root)
         self.sessions = Sessions(config, task_group, self.records)
         task_group.start_soon(self.sessions.expire_idle_sessions)
@@ -29,11 +32,11 @@ class TinkerService:
         return [
             {
                 "model_name": name,
-                "max_context_length": spec.config.context_length,
+                "max_context_length": model.context_length,
                 "trainable": True,
                 "sampleable": True,
             }
-            for name, spec in sorted(BASE_MODELS.items())
+            for name, model in self.config.served.models.items()
         ]
 
     async def aclose(self) -> None:

@@ -44,7 +44,7 @@ class Training:
         if known is not None:
             return known
         try:
-            check_base_model(request.base_model)
+            check_base_model(self.config, request.base_model)
         except UnknownBaseModel as error:
             raise ServiceError(400, describe(error)) from None
         if request.optimizer_config.type != "adamw":
@@ -140,7 +140,11 @@ class Training:
     def info(self, model_id: str) -> types.GetInfoResponse:
         model = self.sessions.model(model_id)
         info = model.backend.info()
-        return info.model_copy(update={"model_id": model_id})
+        # The name the client trained under (a served name or a directory); tokenizer_id stays
+        # what the backend loaded (the shipped name or the directory), which the SDK's
+        # get_tokenizer hands to AutoTokenizer.
+        model_data = info.model_data.model_copy(update={"model_name": model.run.base_model})
+        return info.model_copy(update={"model_id": model_id, "model_data": model_data})
 
 
 def _proto_output(output: types.ForwardBackwardOutput) -> Outcome:

@@ -433,3 +433,18 @@ def test_the_session_never_retries_what_the_sdk_already_retried() -> None:
     assert retries_itself(TinkerBackend) and not applies_once(TinkerBackend)
     policy = SessionRetry()
     assert not any(policy.may_retry(TinkerBackend, op) for op in ("optim_step", "sample"))
+
+
+def test_a_shipped_models_tokenizer_is_read_from_its_directory_before_connecting() -> None:
+    # the recipe renders data before the session exists: a shipped model's tokenizer must be
+    # the one its weights were trained with, not a generic stand-in
+    from transformers import AutoTokenizer
+
+    from crucible.training.backends.local import BASE_MODELS
+
+    spec = BASE_MODELS["crucible/tiny-chat"]
+    backend = TinkerBackend(TinkerBackendConfig(base_model=spec.name, api_key=API_KEY))
+    reference = AutoTokenizer.from_pretrained(spec.directory)
+    text = "<|bos|><|user|>What is 12 + 30?<|end|><|assistant|>42<|end|>"
+    assert backend.tokenizer.encode(text) == reference.encode(text, add_special_tokens=False)
+    assert backend.tokenizer.vocab_size == len(reference)

@@ -10,6 +10,7 @@ from crucible.training.backends.local._base_models import (
     BASE_MODELS,
     DEFAULT_BASE_MODEL,
     BaseModelSpec,
+    load_tokenizer,
     resolve_model,
 )
 from crucible.training.backends.local._engine import LocalBackendConfig
@@ -32,6 +33,7 @@ __all__ = [
     "LocalSamplingClient",
     "LoraConfig",
     "PathKind",
+    "load_tokenizer",
     "resolve_model",
     "resolve_targets",
 ]

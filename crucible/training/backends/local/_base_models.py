@@ -185,6 +185,23 @@ def _load_directory(
     return model, HFTokenizer(tokenizer)
 
 
+@functools.cache
+def load_tokenizer(name: str) -> HFTokenizer:
+    """The tokenizer of base model ``name`` alone (no weights are read)."""
+    spec = resolve_model(name)
+    if spec.directory is None:
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    _check_directory(spec.directory)
+    try:
+        return HFTokenizer(AutoTokenizer.from_pretrained(spec.directory, local_files_only=True))
+    except (OSError, ValueError, KeyError) as error:
+        raise InvalidBaseModel(
+            f"the tokenizer of base model {name!r} ({spec.directory}) cannot be read: {error}"
+        ) from error
+
+
 def load_base_model(
     name: str, device: torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[Any, HFTokenizer]:

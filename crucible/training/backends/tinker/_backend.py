@@ -185,10 +185,10 @@ class TinkerBackend(AsyncClosing):
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            from crucible.training.backends.local import BASE_MODELS, ByteTokenizer
+            from crucible.training.backends.local import BASE_MODELS, load_tokenizer
 
-            if self.config.base_model in BASE_MODELS:
-                self._tokenizer = ByteTokenizer()
+            if self.config.base_model in BASE_MODELS:  # crucible's own server, offline
+                self._tokenizer = load_tokenizer(self.config.base_model)
             elif self._client is not None and self._client.done() and not self._client.exception():
                 self._tokenizer = HuggingFaceTokenizer(self._client.result().get_tokenizer())
             else:

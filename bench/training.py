@@ -1,7 +1,7 @@
 """Training benchmarks: ``python -m bench.training``.
 
 1. Local backend throughput: tokens/s of a train step on the default model, three ways:
-   the old hand-written transformer + LoRA (bench/_handwritten.py, same weights; the baseline
+   the old hand-written transformer + LoRA (bench/_handwritten.py, same shape; the baseline
    the transformers + peft path must stay within 1.25x of), the transformers + peft engine
    called directly (plain torch, same thread), and through LocalBackend's async two-stage API
    (worker thread, futures): the cost of keeping torch off the event loop.
@@ -79,7 +79,10 @@ async def measure(
 async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) -> dict[str, float]:
     """Seconds per op for each mode; the direct (baseline) modes call the engine inline."""
     data = chat_batch(batch_size)
-    config = LocalBackendConfig(checkpoint_root=root, run_id="bench")
+    # the shape the hand-written model had (its byte tokenizer, GPT-2 layout), like for like
+    config = LocalBackendConfig(
+        base_model="crucible/tiny-2l-128", checkpoint_root=root, run_id="bench"
+    )
     engine = LocalEngine(config)  # the baseline: plain torch in this thread
 
     hand = handwritten_step(data)
@@ -115,12 +118,11 @@ async def local_throughput(batch_size: int, steps: int, rounds: int, root: str) 
 
 
 def handwritten_step(data: Sequence[types.Datum]) -> Callable[[], Awaitable[None]]:
-    """The removed hand-written path: the same base weights, LoRA r16 on q/k/v/o/up/down,
-    the same weighted cross-entropy and AdamW, one train step per call."""
-    from crucible.training.backends.local._legacy import _read_state
-
+    """The removed hand-written path: the same shape as crucible/tiny-2l-128 (seeded weights:
+    a step's cost does not depend on their values), LoRA r16 on q/k/v/o/up/down, the same
+    weighted cross-entropy and AdamW, one train step per call."""
+    torch.manual_seed(0)
     model = TinyTransformer(ModelConfig(vocab_size=264))
-    model.load_state_dict(_read_state("tiny-2l-128.pt"))
     add_lora(model, HandLora(), torch.Generator().manual_seed(0))
     parameters = list(lora_parameters(model).values())
     optimizer = torch.optim.AdamW(parameters, lr=3e-3, foreach=False)

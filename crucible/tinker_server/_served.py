@@ -30,7 +30,7 @@ class ServedModel:
 
     name: str
     source: str
-    directory: Path | None  # None: the legacy in-memory model (no files, no tokenizer files)
+    directory: Path
     context_length: int
 
 
@@ -46,15 +46,13 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def _served(name: str, source: str) -> ServedModel:
     spec: BaseModelSpec = resolve_model(source)  # UnknownBaseModel names where it looked
-    if spec.directory is None:
-        return ServedModel(name, spec.name, None, spec.config.context_length)
     # A shipped model keeps its shipped name as the source: the process-wide cache of loaded
     # base models is keyed by it, and other users of the local backend load it by that name.
     directory = spec.directory.resolve()
     shipped = [
         shipped_name
         for shipped_name, shipped_spec in BASE_MODELS.items()
-        if shipped_spec.directory is not None and shipped_spec.directory.resolve() == directory
+        if shipped_spec.directory.resolve() == directory
     ]
     loaded_as = shipped[0] if shipped else str(directory)
     return ServedModel(name, loaded_as, directory, spec.config.context_length)
@@ -70,11 +68,7 @@ class ServedModels:
             if name in self.models:
                 raise ValueError(f"model {name!r} is served twice")
             self.models[name] = _served(name, source)
-        self._by_path = {
-            str(model.directory.resolve()): model
-            for model in self.models.values()
-            if model.directory is not None
-        }
+        self._by_path = {str(model.directory.resolve()): model for model in self.models.values()}
 
     def lookup(self, name: str) -> ServedModel:
         """The served model ``name`` names, by name or by its directory's absolute path."""
@@ -103,7 +97,7 @@ def link_hf_cache(models: ServedModels, cache: Path) -> list[str]:
     linked. REV is a digest of the files' names and sizes: a retrained model gets a new one."""
     linked = []
     for model in models.models.values():
-        if model.directory is None or model.name.count("/") != 1 or model.name.startswith("/"):
+        if model.name.count("/") != 1 or model.name.startswith("/"):
             continue
         files = sorted(p for p in model.directory.iterdir() if p.is_file())
         digest = hashlib.sha1()

@@ -19,8 +19,7 @@ from typing import Any, Final
 import attrs
 import torch
 
-from crucible.training.backends.local._legacy import LEGACY_MODELS, legacy_config, legacy_model
-from crucible.training.backends.local._tokenizer import ByteTokenizer, HFTokenizer
+from crucible.training.backends.local._tokenizer import HFTokenizer
 from crucible.training.port import InvalidBaseModel, ModelTooLarge, UnknownBaseModel
 
 #: The embedded default: the legacy byte-level base until the shipped HF directory lands.
@@ -35,17 +34,14 @@ class ModelShape:
 
 @attrs.frozen
 class BaseModelSpec:
-    """A base model known by name: shipped in the package (a directory under ``models/``) or
-    the legacy byte-level model."""
+    """A base model found by name: its Hugging Face model directory."""
 
     name: str
-    directory: Path | None  # None: the legacy model, converted in memory
+    directory: Path
 
     @property
     def config(self) -> ModelShape:
         """What a server advertises about the model (read from config.json, no weights)."""
-        if self.directory is None:
-            return ModelShape(int(legacy_config().n_positions))
         try:
             raw = json.loads((self.directory / "config.json").read_text())
         except (OSError, ValueError):
@@ -61,7 +57,7 @@ def _shipped_dir() -> Path:
 
 
 def _shipped() -> dict[str, BaseModelSpec]:
-    specs = {name: BaseModelSpec(name, None) for name in LEGACY_MODELS}
+    specs = {}
     root = _shipped_dir()
     if root.is_dir():
         for folder in sorted(root.iterdir()):
@@ -145,12 +141,7 @@ def default_device() -> tuple[torch.device, torch.dtype]:
 @functools.cache
 def _load(name: str, device_text: str, dtype: torch.dtype) -> tuple[Any, HFTokenizer]:
     device = torch.device(device_text)
-    spec = resolve_model(name)
-    if spec.directory is None:
-        model = legacy_model(name).to(device=device, dtype=dtype)
-        tokenizer: HFTokenizer = ByteTokenizer()
-    else:
-        model, tokenizer = _load_directory(name, spec.directory, device, dtype)
+    model, tokenizer = _load_directory(name, resolve_model(name).directory, device, dtype)
     model.eval()  # no dropout, ever: training and sampling see the same function
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -189,8 +180,6 @@ def _load_directory(
 def load_tokenizer(name: str) -> HFTokenizer:
     """The tokenizer of base model ``name`` alone (no weights are read)."""
     spec = resolve_model(name)
-    if spec.directory is None:
-        return ByteTokenizer()
     from transformers import AutoTokenizer
 
     _check_directory(spec.directory)

@@ -87,17 +87,22 @@ CHAT_TEMPLATE = (
 )
 
 # Chat phrasings for pretraining: none is a fine-tuning prompt ("What is a + b?", "Reverse the
-# word: w") and every answer is a sentence, so the default run still has something to learn.
+# word: w"), so the default run still has something to learn. Some answers are sentences, some
+# are bare (the answer right after <|assistant|>, as fine-tuning wants it): with sentences
+# only, the model learns to restate the operands first and computes badly across the chat
+# markers, and LoRA cannot unlearn that in the default run's 120 steps (1-2% exact match).
 SYSTEM_PROMPTS = (None, None, "You are a helpful assistant.", "Answer briefly.", "Be exact.")
 ADDITION_CHATS = (
-    ("Add {a} and {b}.", "{a} + {b} = {c}"),
-    ("{a} plus {b}?", "{a} plus {b} is {c}."),
+    ("Add {a} and {b}.", "{c}"),
+    ("{a} plus {b}?", "{c}"),
     ("Compute {a} + {b}.", "The sum is {c}."),
+    ("What do {a} and {b} add up to?", "{a} + {b} = {c}"),
 )
 REVERSAL_CHATS = (
-    ("Spell {w} backwards.", "{w} backwards is {r}"),
-    ("What is {w} reversed?", "{w} reversed is {r}."),
+    ("Spell {w} backwards.", "{r}"),
+    ("What is {w} reversed?", "{r}"),
     ("Reverse this: {w}", "Reversed: {r}"),
+    ("Write {w} from the last letter to the first.", "{w} backwards is {r}"),
 )
 
 

@@ -26,6 +26,22 @@ from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
 from ._record import MetricRecord, MetricSummary
 from ._remote import RemoteMetricsStore
+from ._runs import (
+    DEFAULT_STALE_AFTER,
+    CheckpointRef,
+    ConfigFilter,
+    InvalidRun,
+    MetricRange,
+    MetricStat,
+    ModelVersionRef,
+    RunNotFound,
+    RunPage,
+    RunQuery,
+    RunRecord,
+    RunSpec,
+    RunStore,
+    RunUpdate,
+)
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
     GetMetrics,
@@ -43,23 +59,37 @@ if TYPE_CHECKING:  # imported lazily below: it needs asyncpg, the `postgres` ext
     from ._postgres import PostgresMetricsStore
 
 __all__ = [
+    "DEFAULT_STALE_AFTER",
     "BadLine",
+    "CheckpointRef",
+    "ConfigFilter",
     "CorruptLinesWarning",
     "GetMetrics",
     "InvalidRecord",
+    "InvalidRun",
     "JsonlMetricsStore",
     "MemoryMetricsStore",
     "MetricNotFound",
+    "MetricRange",
     "MetricRecord",
+    "MetricStat",
     "MetricSummary",
     "MetricsError",
     "MetricsStore",
+    "ModelVersionRef",
     "Observe",
     "ObserveMany",
     "ObserveRequest",
     "PostgresMetricsStore",
     "RemoteMetricsStore",
     "Reset",
+    "RunNotFound",
+    "RunPage",
+    "RunQuery",
+    "RunRecord",
+    "RunSpec",
+    "RunStore",
+    "RunUpdate",
     "ScanReport",
     "SeriesSummary",
     "ServiceUnavailable",

@@ -277,15 +277,33 @@ def _aware(field: str, moment: object) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+MAX_CONFIG_DEPTH = 32
+
+
 def _json_clean(field: str, value: object) -> None:
-    try:
-        encoded = msgspec.json.encode(value)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise InvalidRun(field, f"must be JSON: {error}") from None
-    if b"\\u0000" in encoded:
-        raise InvalidRun(field, "must not contain NUL characters")
-    if b"NaN" in encoded or b"Infinity" in encoded:
-        raise InvalidRun(field, "numbers must be finite")
+    """JSON of at most MAX_CONFIG_DEPTH levels, finite numbers, no NUL (checked without
+    recursion, so no depth can overflow the stack)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_CONFIG_DEPTH:
+                raise InvalidRun(field, f"nested more than {MAX_CONFIG_DEPTH} levels deep")
+            if isinstance(item, dict):
+                for key in item:
+                    if type(key) is not str or "\x00" in key:
+                        raise InvalidRun(field, "keys must be strings without NUL")
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidRun(field, "must not contain NUL characters")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRun(field, "numbers must be finite")
+        elif item is not None and not isinstance(item, int):
+            raise InvalidRun(field, f"must be JSON, got a {type(item).__name__}")
 
 
 def check_spec(spec: RunSpec) -> RunSpec:
@@ -401,21 +419,22 @@ def decode_cursor(query: RunQuery) -> tuple[SortValue, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         token, desc, value, run_id = msgspec.json.decode(raw)
-        valid = type(token) is str and type(desc) is bool and type(run_id) is str
-        if query.sort == "metric" and value is not None and token.endswith("@count"):
-            valid = valid and type(value) is int
-        elif query.sort == "metric":
-            valid = valid and (value is None or type(value) in (int, float))
-        elif query.sort == "started_at":
-            valid = valid and type(value) is int
-        else:
-            valid = valid and type(value) is str
     except (ValueError, TypeError, msgspec.DecodeError):
-        valid = False
-    if not valid:
+        token = desc = value = run_id = None
+    if type(token) is not str or type(desc) is not bool or type(run_id) is not str:
         raise InvalidRun("cursor", "not a cursor this service made; start from the first page")
     if token != query.sort_token or desc != query.desc:
         raise InvalidRun("cursor", "was made for another sort; start from the first page")
+    if query.sort == "started_at":
+        valid = type(value) is int
+    elif query.sort == "name":
+        valid = type(value) is str
+    elif query.sort_aggregate == "count":
+        valid = value is None or type(value) is int
+    else:
+        valid = value is None or type(value) in (int, float)
+    if not valid:
+        raise InvalidRun("cursor", "not a cursor this service made; start from the first page")
     if type(value) is int and query.sort == "metric" and not token.endswith("@count"):
         value = float(value)
     return value, run_id

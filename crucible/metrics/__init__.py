@@ -26,6 +26,7 @@ from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
 from ._record import MetricRecord, MetricSummary
 from ._remote import RemoteMetricsStore
+from ._remote_runs import RemoteRuns, git_commit
 from ._runs import (
     DEFAULT_STALE_AFTER,
     CheckpointRef,
@@ -82,6 +83,7 @@ __all__ = [
     "ObserveRequest",
     "PostgresMetricsStore",
     "RemoteMetricsStore",
+    "RemoteRuns",
     "Reset",
     "RunNotFound",
     "RunPage",
@@ -103,6 +105,7 @@ __all__ = [
     "Truncation",
     "check_metric_name",
     "check_run_id",
+    "git_commit",
     "open_store",
     "read_metrics_file",
 ]

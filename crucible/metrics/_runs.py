@@ -21,7 +21,7 @@ import attrs
 import msgspec
 
 from ._errors import InvalidRecord, MetricsError
-from ._names import check_metric_name, check_run_id
+from ._names import METRIC_SHAPE, check_run_id
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
@@ -73,12 +73,23 @@ class CheckpointRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """A checkpoint of a run (tinker-cookbook's checkpoints.jsonl fields); unique by name."""
 
     name: str
-    step: int | None = None
+    # JSON has one number type: a whole float (7.0) is the step 7, as for metric points.
+    step: int | float | None = None
     state_path: str | None = None
     sampler_path: str | None = None
     final: bool = False
     metrics: dict[str, float] = {}
     created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        step = self.step
+        if type(step) is float:
+            if not step.is_integer():
+                raise ValueError(f"step must be a whole number, got {step!r}")
+            step = int(step)
+            msgspec.structs.force_setattr(self, "step", step)
+        if step is not None and not 0 <= step <= 2**63 - 1:
+            raise ValueError(f"step must be between 0 and 2**63-1, got {step}")
 
 
 class ModelVersionRef(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -274,7 +285,10 @@ def _aware(field: str, moment: object) -> datetime | None:
         return None
     if not isinstance(moment, datetime) or moment.utcoffset() is None:
         raise InvalidRun(field, "must be a timezone-aware datetime")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRun(field, "out of range once converted to UTC") from None
 
 
 MAX_CONFIG_DEPTH = 32
@@ -369,6 +383,8 @@ def check_query(query: RunQuery) -> RunQuery:
         if status not in ("running", "completed", "failed", "crashed"):
             raise InvalidRun("status", "must be running, completed, failed or crashed")
     check_tags(list(query.tags))
+    _text("project", query.project)
+    _text("group", query.group)
     for config in query.config:
         if not config.path or not all(_CONFIG_KEY.fullmatch(k) for k in config.path):
             raise InvalidRun("config", "a path is dot-separated keys of letters, digits, _ or -")
@@ -377,7 +393,7 @@ def check_query(query: RunQuery) -> RunQuery:
             raise InvalidRun("config", "a number must be finite")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
             raise InvalidRun("config", "an integer must be below 2**53 in magnitude")
-        _text("config", value if isinstance(value, str) else None)
+        _text("config", value if isinstance(value, str) else None, _NOTES_MAX)
     for metric in query.metrics:
         _check_metric_key("metric", metric.metric, metric.aggregate)
         for bound in (metric.low, metric.high):
@@ -393,10 +409,11 @@ def check_query(query: RunQuery) -> RunQuery:
 
 
 def _check_metric_key(field: str, metric: object, aggregate: str) -> None:
-    try:
-        check_metric_name(metric)
-    except InvalidRecord as error:
-        raise InvalidRun(field, error.problem) from None
+    # The shape of a name only: a reserved or overlong name is no error, it matches no run.
+    if type(metric) is not str or not METRIC_SHAPE.fullmatch(metric):
+        raise InvalidRun(
+            field, "a metric name is '/'-separated segments of letters, digits or . _ - :"
+        )
     if aggregate not in AGGREGATES:
         raise InvalidRun(field, f"the aggregate must be one of {', '.join(AGGREGATES)}")
 

@@ -26,6 +26,23 @@ from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
 from ._record import MetricRecord, MetricSummary
 from ._remote import RemoteMetricsStore
+from ._remote_runs import RemoteRuns, git_commit
+from ._runs import (
+    DEFAULT_STALE_AFTER,
+    CheckpointRef,
+    ConfigFilter,
+    InvalidRun,
+    MetricRange,
+    MetricStat,
+    ModelVersionRef,
+    RunNotFound,
+    RunPage,
+    RunQuery,
+    RunRecord,
+    RunSpec,
+    RunStore,
+    RunUpdate,
+)
 from ._sqlite import SqliteMetricsStore
 from ._streaming import (
     GetMetrics,
@@ -43,23 +60,38 @@ if TYPE_CHECKING:  # imported lazily below: it needs asyncpg, the `postgres` ext
     from ._postgres import PostgresMetricsStore
 
 __all__ = [
+    "DEFAULT_STALE_AFTER",
     "BadLine",
+    "CheckpointRef",
+    "ConfigFilter",
     "CorruptLinesWarning",
     "GetMetrics",
     "InvalidRecord",
+    "InvalidRun",
     "JsonlMetricsStore",
     "MemoryMetricsStore",
     "MetricNotFound",
+    "MetricRange",
     "MetricRecord",
+    "MetricStat",
     "MetricSummary",
     "MetricsError",
     "MetricsStore",
+    "ModelVersionRef",
     "Observe",
     "ObserveMany",
     "ObserveRequest",
     "PostgresMetricsStore",
     "RemoteMetricsStore",
+    "RemoteRuns",
     "Reset",
+    "RunNotFound",
+    "RunPage",
+    "RunQuery",
+    "RunRecord",
+    "RunSpec",
+    "RunStore",
+    "RunUpdate",
     "ScanReport",
     "SeriesSummary",
     "ServiceUnavailable",
@@ -73,6 +105,7 @@ __all__ = [
     "Truncation",
     "check_metric_name",
     "check_run_id",
+    "git_commit",
     "open_store",
     "read_metrics_file",
 ]

@@ -30,13 +30,17 @@ class ServiceHttp:
         """POST one batch; `Rejected` if refused for good, other errors mean "retry"."""
         import httpx
 
+        method, path = "POST", "/api/v1/metrics/batch"
         headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+        if key.startswith("@"):  # a run request: idempotent by itself, no key needed
+            method, _, path = key[1:].partition(" ")
+            headers = {"Content-Type": "application/json"}
         try:
-            response = self._sender.post("/api/v1/metrics/batch", content=body, headers=headers)
+            response = self._sender.request(method, path, content=body, headers=headers)
         except httpx.TransportError:
             # Once more on a fresh connection: a pooled one may have died with a restarted
             # server. Re-sending is safe, the idempotency key dedupes it.
-            response = self._sender.post("/api/v1/metrics/batch", content=body, headers=headers)
+            response = self._sender.request(method, path, content=body, headers=headers)
         status = response.status_code
         if status < 300:
             return

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 from ._adapter import StoreAdapter, SyncRecorder
 from ._errors import StoreClosed
 from ._query import Query
 from ._record import MetricRecord
+from ._runbook import RunBook
+from ._runs import (
+    DEFAULT_STALE_AFTER,
+    RunPage,
+    RunQuery,
+    RunRecord,
+    RunSpec,
+    RunUpdate,
+    stale_cutoff,
+)
 
 __all__ = ["MemoryMetricsStore"]
 
@@ -39,6 +50,7 @@ class MemoryMetricsStore(StoreAdapter):
         self._keys: set[str] = set()
         self._closed = False
         self._sync: _MemorySync = _MemorySync(self)
+        self._runs = RunBook()
 
     @property
     def sync(self) -> _MemorySync:
@@ -58,6 +70,7 @@ class MemoryMetricsStore(StoreAdapter):
                     return
                 self._keys.add(key)
             self._records.extend(batch)
+            self._runs.observe(batch)
 
     def _snapshot(self) -> list[MetricRecord]:
         with self._lock:
@@ -79,7 +92,36 @@ class MemoryMetricsStore(StoreAdapter):
             kept = [r for r in self._records if r.run_id != run_id]
             deleted = len(self._records) - len(kept)
             self._records = kept
+            self._runs.forget(run_id)
             return deleted
+
+    # -- runs (RunStore) ------------------------------------------------------------------------
+
+    async def create_run(self, spec: RunSpec) -> tuple[RunRecord, bool]:
+        self._check_open()
+        return self._runs.create(spec)
+
+    async def update_run(self, run_id: str, update: RunUpdate) -> RunRecord:
+        self._check_open()
+        return self._runs.update(run_id, update)
+
+    async def heartbeat(self, run_id: str, at: datetime | None = None) -> None:
+        self._check_open()
+        self._runs.heartbeat(run_id, at)
+
+    async def get_run(
+        self,
+        run_id: str,
+        *,
+        now: datetime | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+    ) -> RunRecord:
+        self._check_open()
+        return self._runs.get(run_id, stale_cutoff(now, stale_after))
+
+    async def list_runs(self, query: RunQuery) -> RunPage:
+        self._check_open()
+        return self._runs.list(query)
 
     async def close(self) -> None:
         self._closed = True

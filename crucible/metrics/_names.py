@@ -11,12 +11,13 @@ import re
 
 from ._errors import InvalidRecord
 
-__all__ = ["check_metric_name", "check_run_id", "names_valid"]
+__all__ = ["METRIC_SHAPE", "check_metric_name", "check_run_id", "names_valid"]
 
 # Run ids name a path segment: letters, digits and . _ - : (no slash, no leading dot).
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}")
 # Metric names may be grouped with slashes ("train/loss"), one non-empty segment at a time.
 _METRIC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*(/[A-Za-z0-9_][A-Za-z0-9_.:\-]*)*")
+METRIC_SHAPE = _METRIC  # the pattern alone (queries match reserved names to nothing)
 _METRIC_MAX = 200
 # These suffixes name other routes under /runs/{id}/metrics/, so no metric may take them.
 _RESERVED_METRIC = ("latest",)

@@ -12,7 +12,7 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.from_thread
@@ -20,9 +20,20 @@ import msgspec
 
 from ._buffered import BufferedStore
 from ._errors import MetricNotFound
+from ._postgres_runs import PG, PostgresRuns
 from ._query import Query, check_max_points
 from ._record import MetricRecord, MetricSummary
-from ._sql import COLUMNS, ORDER_DESC, history_sql, latest_sql, read_sql, record_row
+from ._runbook import summarize_batch
+from ._runs_sql import (
+    latest_of,
+    schema,
+    summaries_sql,
+    summary_values,
+    touch_run_sql,
+    touch_values,
+    upsert_summary_sql,
+)
+from ._sql import COLUMNS, ORDER_DESC, history_sql, read_sql, record_row
 from ._writer import Chunk
 
 try:
@@ -122,7 +133,10 @@ def _initial_schema(s: str, layout: str) -> list[str]:
 
 # Versioned migrations, applied in order past the highest version recorded in
 # <schema>.crucible_metrics_migrations; each maps (schema, layout) to its statements.
-_MIGRATIONS: list[Callable[[str, str], list[str]]] = [_initial_schema]
+_MIGRATIONS: list[Callable[[str, str], list[str]]] = [
+    _initial_schema,
+    lambda s, layout: schema(PG, s),  # runs and run_summaries, filled from stored points
+]
 
 
 def _row(record: MetricRecord) -> tuple[Any, ...]:
@@ -149,7 +163,7 @@ class _PostgresSink:
         """Nothing to do: a committed transaction is durable (synchronous_commit)."""
 
 
-class PostgresMetricsStore(BufferedStore):
+class PostgresMetricsStore(PostgresRuns, BufferedStore):
     """Metrics in PostgreSQL: batches go in with binary COPY, one transaction per batch.
 
     The schema is created on first use by versioned migrations (table
@@ -261,6 +275,7 @@ class PostgresMetricsStore(BufferedStore):
                 )
                 fresh = {row[0] for row in inserted}
             rows: list[tuple[Any, ...]] = []
+            stored: list[MetricRecord] = []
             for chunk in chunks:
                 key = chunk.idempotency_key
                 if key is not None:
@@ -268,10 +283,17 @@ class PostgresMetricsStore(BufferedStore):
                         continue  # stored before
                     fresh.discard(key)  # the same key twice in one group: keep the first
                 rows.extend(map(_row, chunk.records))
+                stored.extend(chunk.records)
             if rows:
                 await con.copy_records_to_table(
                     "metrics", schema_name=s, columns=_COPY_COLUMNS, records=rows
                 )
+                # The runs' summaries and heartbeats, in the same transaction as the points;
+                # sorted so concurrent writers lock the rows in one order (no deadlock).
+                stats = dict(sorted(summarize_batch(stored).items()))
+                touched = sorted(touch_values(stats, datetime.now(UTC), PG))
+                await con.executemany(touch_run_sql(PG, s), touched)
+                await con.executemany(upsert_summary_sql(PG, s), summary_values(stats, PG))
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -292,10 +314,14 @@ class PostgresMetricsStore(BufferedStore):
         return records
 
     async def latest(self, run_id: str) -> dict[str, MetricRecord]:
-        rows: list[MetricRecord] = await self._call(
-            self._fetch, self._sql(latest_sql(_placeholder)), [run_id]
-        )
-        return {r.metric: r for r in sorted(rows, key=lambda r: r.metric)}
+        # From the run's summary rows (its last points): no scan of the points.
+        async def latest() -> dict[str, MetricRecord]:
+            async with self._pool.acquire() as con:
+                rows = await con.fetch(summaries_sql(PG, 1, self.schema), [run_id])
+            return latest_of(rows, PG)
+
+        result: dict[str, MetricRecord] = await self._call(latest)
+        return result
 
     async def summary(self, run_id: str, metric: str) -> MetricSummary:
         s = self.schema
@@ -340,7 +366,7 @@ class PostgresMetricsStore(BufferedStore):
     async def runs(self) -> list[str]:
         async def runs() -> list[str]:
             async with self._pool.acquire() as con:
-                rows = await con.fetch(f"SELECT DISTINCT run_id FROM {self.schema}.metrics")
+                rows = await con.fetch(f"SELECT DISTINCT run_id FROM {self.schema}.run_summaries")
             return sorted(row[0] for row in rows)  # Python order, not the server's collation
 
         result: list[str] = await self._call(runs)
@@ -348,10 +374,11 @@ class PostgresMetricsStore(BufferedStore):
 
     async def delete_run(self, run_id: str) -> int:
         async def delete() -> int:
-            async with self._pool.acquire() as con:
-                status = await con.execute(
-                    f"DELETE FROM {self.schema}.metrics WHERE run_id = $1", run_id
-                )
+            s = self.schema
+            async with self._pool.acquire() as con, con.transaction():
+                status = await con.execute(f"DELETE FROM {s}.metrics WHERE run_id = $1", run_id)
+                await con.execute(f"DELETE FROM {s}.run_summaries WHERE run_id = $1", run_id)
+                await con.execute(f"DELETE FROM {s}.runs WHERE id = $1", run_id)
             return int(status.split()[-1])
 
         result: int = await self._call(delete)

@@ -234,9 +234,16 @@ class RemoteMetricsStore(StoreAdapter):
 
     async def runs(self) -> list[str]:
         def runs() -> list[str]:
-            body = self._http.get("/api/v1/runs")
-            listed = [] if body is None else msgspec.json.decode(body)["runs"]
-            return sorted(run["run_id"] for run in listed)
+            # Every page of the listing; runs() names the runs that have points.
+            found: list[str] = []
+            params: dict[str, Any] = {"limit": 1000, "sort": "name"}
+            while True:
+                body = self._http.get("/api/v1/runs", params)
+                page = {} if body is None else msgspec.json.decode(body)
+                found.extend(r["id"] for r in page.get("runs", ()) if r["metric_count"])
+                if not page.get("next_cursor"):
+                    return sorted(found)
+                params["cursor"] = page["next_cursor"]
 
         return await self._blocking(runs)
 

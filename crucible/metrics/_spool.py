@@ -95,18 +95,25 @@ class Spool:
         Consecutive calls without a key travel together (a loop of single `record` calls
         becomes full batches); a keyed call keeps its own requests, so its keys repeat.
         """
-        groups: list[tuple[list[MetricRecord], str | None]] = []
+        groups: list[tuple[list[MetricRecord], str | None, tuple[str, bytes] | None]] = []
         for chunk in chunks:
             key = chunk.idempotency_key
-            if key is None and groups and groups[-1][1] is None:
+            if chunk.request is not None:  # a run request keeps its place among the batches
+                groups.append(([], None, chunk.request))
+            elif key is None and groups and groups[-1][1] is None and groups[-1][2] is None:
                 groups[-1][0].extend(chunk.records)
             else:
-                groups.append((list(chunk.records), key))
+                groups.append((list(chunk.records), key, None))
         lines: list[bytes] = []
         completes: list[int] = []
         accepted = self.accepted
-        for records, key in groups:
-            parts = encode_requests(records, key, self._batch_size)
+        for records, key, request in groups:
+            # A run request's key is "@METHOD path": the delivery sends it there.
+            parts = (
+                [("@" + request[0], request[1])]
+                if request is not None
+                else encode_requests(records, key, self._batch_size)
+            )
             before, accepted = accepted, accepted + max(1, len(records))
             for index, (part_key, body) in enumerate(parts):
                 lines.append(part_key.encode() + b"\t" + body + b"\n")

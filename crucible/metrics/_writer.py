@@ -31,6 +31,8 @@ class Chunk:
 
     records: list[MetricRecord]
     idempotency_key: str | None = None
+    # A run request for the remote store's spool instead of records: ("PATCH /api/...", body).
+    request: tuple[str, bytes] | None = None
 
 
 class BatchSink(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ from ._errors import ApiError, json_response
 from ._guard import WS_SUBPROTOCOL, token_of
 from ._idempotency import IdempotencyLedger, KeyState, check_key
 from ._prometheus import ServiceStats
+from ._runs_api import RunsApi
 from ._schema import (
     MAX_METADATA_DEPTH,
     BatchIn,
@@ -39,7 +40,6 @@ from ._stream import SLOW_CONSUMER_CLOSE_CODE, Broadcaster
 __all__ = ["SYSTEM_PREFIX", "Api"]
 
 SYSTEM_PREFIX = "system/"
-LIVE_WINDOW = timedelta(seconds=60)  # a run that logged this recently shows as "live"
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _decode_batch = msgspec.json.Decoder(BatchIn).decode
 _decode_system = msgspec.json.Decoder(SystemBatchIn).decode
@@ -152,6 +152,7 @@ class Api:
         self.stats = stats
         self.broadcaster = broadcaster
         self._ledger = IdempotencyLedger()
+        self.runs = RunsApi(store, stale_after=config.heartbeat_timeout, json_body=_json_body)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -236,36 +237,28 @@ class Api:
 
     async def delete_run(self, request: Request) -> Response:
         run_id = _run_id(request)
+        recorded = await self.runs.get_run(run_id) is not None if self.runs.keeps_runs else False
         deleted = await self.store.delete_run(run_id)
-        if not deleted:
+        if not deleted and not recorded:
             raise ApiError(404, "run_not_found", f"no run {run_id!r}")
         return json_response({"run_id": run_id, "deleted": deleted})
 
     # -- reads ----------------------------------------------------------------------------
 
     async def list_runs(self, request: Request) -> Response:
-        now = datetime.now(UTC)
-        runs = []
-        for run_id in await self.store.runs():
-            latest = await self.store.latest(run_id)
-            if not latest:
-                continue
-            last = max(latest.values(), key=lambda r: r.timestamp)
-            steps = [r.step for r in latest.values() if r.step is not None]
-            runs.append(
-                {
-                    "run_id": run_id,
-                    "status": "live" if now - last.timestamp <= LIVE_WINDOW else "idle",
-                    "last_timestamp": last.timestamp,
-                    "last_step": max(steps) if steps else None,
-                    "metric_count": len(latest),
-                    "latest": {
-                        name: {"value": r.value, "step": r.step, "timestamp": r.timestamp}
-                        for name, r in latest.items()
-                    },
-                }
-            )
-        return json_response({"runs": runs})
+        return await self.runs.list_runs(request)
+
+    async def create_run(self, request: Request) -> Response:
+        return await self.runs.create_run(request)
+
+    async def get_run(self, request: Request) -> Response:
+        return await self.runs.read_run(_run_id(request))
+
+    async def update_run(self, request: Request) -> Response:
+        return await self.runs.update_run(request, _run_id(request))
+
+    async def heartbeat(self, request: Request) -> Response:
+        return await self.runs.heartbeat(request, _run_id(request))
 
     async def _require_run(self, run_id: str) -> None:
         if run_id not in await self.store.runs():

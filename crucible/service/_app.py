@@ -82,6 +82,15 @@ def create_app(
         endpoint.__name__ = name
         return endpoint
 
+    def by_method(path: str, name: str, **handlers: str) -> Route:
+        """One route for every method of `path`, so a 405 lists them all in Allow."""
+
+        async def endpoint(request: Request) -> Any:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await getattr(api(), handlers[method])(request)
+
+        return Route(path, endpoint, methods=list(handlers), name=name)
+
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
@@ -96,8 +105,11 @@ def create_app(
         Route("/metrics", bound("prometheus")),
         Route(f"{v1}/openapi.json", openapi),
         Route(f"{v1}/metrics/batch", bound("post_batch"), methods=["POST"]),
-        Route(f"{v1}/runs", bound("list_runs")),
-        Route(f"{v1}/runs/{{run_id}}", bound("delete_run"), methods=["DELETE"]),
+        by_method(f"{v1}/runs", "runs", GET="list_runs", POST="create_run"),
+        by_method(
+            f"{v1}/runs/{{run_id}}", "run", GET="get_run", PATCH="update_run", DELETE="delete_run"
+        ),
+        Route(f"{v1}/runs/{{run_id}}/heartbeat", bound("heartbeat"), methods=["POST"]),
         Route(f"{v1}/runs/{{run_id}}/metrics", bound("read_metrics")),
         Route(f"{v1}/runs/{{run_id}}/metrics/latest", bound("latest")),
         Route(f"{v1}/runs/{{run_id}}/metrics/{{name:path}}/stats", bound("metric_stats")),

@@ -92,12 +92,16 @@ class Guard:
             await self.app(scope, receive, send)
 
     def _route_name(self, scope: Scope) -> str:
-        """The name of the route `scope` would reach (whatever its method), or "unmatched"."""
+        """The name of the route `scope` would reach: the one taking its method, else the
+        first with its path (one path may have a route per method), else "unmatched"."""
+        partial: BaseRoute | None = None
         for route in self.routes:
             match, _ = route.matches(scope)
-            if match is not Match.NONE:
+            if match is Match.FULL:
                 return str(getattr(route, "name", None) or "unmatched")
-        return "unmatched"
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return str(getattr(partial, "name", None) or "unmatched")
 
     async def _lookup(self, token: str) -> TokenInfo | None:
         """The token's owner. A cache miss reads SQLite in a worker thread: a locked token

@@ -12,10 +12,11 @@ from typing import Any
 
 import msgspec
 
-from crucible.metrics import MetricRecord, MetricSummary
+from crucible.metrics import MetricRecord, MetricSummary, RunSpec, RunUpdate
 
 from ._config import ServiceConfig
-from ._schema import MAX_METADATA_DEPTH, BatchIn, SystemBatchIn
+from ._runs_openapi import run_paths, tighten_runs
+from ._schema import MAX_METADATA_DEPTH, BatchIn, HeartbeatIn, RunOut, SystemBatchIn
 
 __all__ = ["openapi_document"]
 
@@ -57,27 +58,10 @@ _METRIC_NAME = {
 _RUN_ID = {"type": "string", "pattern": RUN_ID_PATTERN}
 _ACCEPTED = _object({"run_id": _RUN_ID, "accepted": {"type": "integer", "minimum": 0}})
 _POINTS = {"type": "array", "items": _ref("MetricRecord")}
-_LATEST_VALUE = _object(
-    {
-        "value": {"type": "number"},
-        "step": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
-        "timestamp": {"type": "string", "format": "date-time"},
-    }
-)
 _LATEST = _object(
     {
         "run_id": _RUN_ID,
         "latest": {"type": "object", "additionalProperties": _ref("MetricRecord")},
-    }
-)
-_RUN = _object(
-    {
-        "run_id": _RUN_ID,
-        "status": {"enum": ["live", "idle"]},
-        "last_timestamp": {"type": "string", "format": "date-time"},
-        "last_step": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
-        "metric_count": {"type": "integer", "minimum": 0},
-        "latest": {"type": "object", "additionalProperties": _LATEST_VALUE},
     }
 )
 
@@ -191,11 +175,22 @@ def _tighten(components: dict[str, Any], config: ServiceConfig) -> None:
 def openapi_document(config: ServiceConfig | None = None) -> dict[str, Any]:
     config = config or ServiceConfig()
     (_, components) = msgspec.json.schema_components(
-        [BatchIn, SystemBatchIn, MetricRecord, MetricSummary],
+        [
+            BatchIn,
+            SystemBatchIn,
+            MetricRecord,
+            MetricSummary,
+            RunSpec,
+            RunUpdate,
+            HeartbeatIn,
+            RunOut,
+        ],
         ref_template="#/components/schemas/{name}",
     )
     components["Error"] = _ERROR
     _tighten(components, config)
+    tighten_runs(components, _RUN_ID, _STEP)
+    runs = run_paths(_op, _json, _ref, _RUN_PARAM)
     page = _int(1, config.max_page)
     max_points = _int(3, config.max_page)
     read_params = [
@@ -226,19 +221,16 @@ def openapi_document(config: ServiceConfig | None = None) -> dict[str, Any]:
                     body="BatchIn",
                 )
             },
-            "/api/v1/runs": {
-                "get": _op(
-                    "Runs with status and latest values",
-                    _json(_object({"runs": {"type": "array", "items": _RUN}})),
-                )
-            },
+            "/api/v1/runs": runs["/api/v1/runs"],
             "/api/v1/runs/{run_id}": {
+                **runs["/api/v1/runs/{run_id}"],
                 "delete": _op(
-                    "Delete a run",
+                    "Delete a run: its record and its points",
                     _json(_object({"run_id": _RUN_ID, "deleted": {"type": "integer"}})),
                     params=[_RUN_PARAM],
-                )
+                ),
             },
+            "/api/v1/runs/{run_id}/heartbeat": runs["/api/v1/runs/{run_id}/heartbeat"],
             "/api/v1/runs/{run_id}/metrics": {
                 "get": _op(
                     "Points, filtered and paged",

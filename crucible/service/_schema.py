@@ -8,12 +8,15 @@ from typing import Any
 
 import msgspec
 
-from crucible.metrics import InvalidRecord
+from crucible.metrics import InvalidRecord, RunRecord
 
 __all__ = [
     "MAX_METADATA_DEPTH",
     "BatchIn",
+    "HeartbeatIn",
+    "LatestValue",
     "PointIn",
+    "RunOut",
     "decode_error_location",
     "metadata_depth",
     "whole_step",
@@ -51,6 +54,28 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class SystemBatchIn(msgspec.Struct, forbid_unknown_fields=True):
     metrics: list[SystemPointIn]
+
+
+class HeartbeatIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The optional body of `POST /api/v1/runs/{id}/heartbeat` (no body: the server's now)."""
+
+    at: datetime | None = None
+
+
+class LatestValue(msgspec.Struct):
+    value: float
+    step: int | None
+    timestamp: datetime
+
+
+class RunOut(RunRecord, frozen=True, kw_only=True):
+    """A run as the API answers it: the record, and what the runs table shows of it."""
+
+    run_id: str
+    metric_count: int
+    last_step: int | None
+    last_timestamp: datetime
+    latest: dict[str, LatestValue]
 
 
 _LOCATION = re.compile(r"at `\$\.metrics\[(\d+)\](?:\.(\w+))?")

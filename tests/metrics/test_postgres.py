@@ -57,7 +57,7 @@ async def test_schema_is_created_once_with_versioned_migrations(postgres_dsn: st
                 ),
             )
         )
-        assert migrations == [(1, "plain")]
+        assert migrations == [(1, "plain"), (2, "plain")]  # 2: runs and run_summaries
         assert [name for (name,) in indexes] == [
             "metrics_pkey",
             "metrics_run_metric_step",

@@ -144,7 +144,7 @@ def test_runs_lists_latest_values_and_summary(svc: Service) -> None:
     runs = {r["run_id"]: r for r in svc.get("/api/v1/runs").json()["runs"]}
     assert set(runs) == {"run-1", "run-2"}
     one = runs["run-1"]
-    assert one["status"] == "live" and one["metric_count"] == 2 and one["last_step"] == 2
+    assert one["status"] == "running" and one["metric_count"] == 2 and one["last_step"] == 2
     assert one["latest"]["loss"]["value"] == 2 / 7 and one["latest"]["acc"]["step"] == 1
 
 

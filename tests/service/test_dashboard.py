@@ -87,7 +87,7 @@ def test_dashboard_signs_in_charts_updates_live_and_compares(server: ServerProce
             page.click("#login-form button")
 
             row = page.locator("tr[data-run='baseline']")
-            expect(row).to_contain_text("live")
+            expect(row).to_contain_text("running")
             expect(row).to_contain_text("train/loss")
             expect(page.locator("tr[data-run='lr-3e-4']")).to_be_visible()
 

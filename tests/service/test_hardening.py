@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from crucible.metrics import MemoryMetricsStore, SqliteMetricsStore
+from crucible.metrics import MemoryMetricsStore, RunPage, RunQuery, SqliteMetricsStore
 from crucible.service import ServiceConfig, TokenStore, create_app
 from crucible.testing import service_in_thread
 
@@ -99,7 +99,7 @@ def test_bodies_must_be_declared_json(
 
 
 class _BrokenStore(MemoryMetricsStore):
-    async def runs(self) -> list[str]:
+    async def list_runs(self, query: RunQuery) -> RunPage:  # what GET /api/v1/runs reads
         raise RuntimeError("password=hunter2 in /srv/secret/path")
 
 
@@ -146,13 +146,13 @@ def test_made_up_methods_and_paths_add_no_series_and_401s_name_their_route(
         labels = samples(svc.get("/metrics").text, "crucible_http_requests_total")
     assert {label["method"] for label in labels} <= {"GET", "POST", "DELETE", "OTHER"}
     assert {label["route"] for label in labels} == {
-        "list_runs",
-        "delete_run",
+        "runs",
+        "run",
         "post_batch",
         "unmatched",
     }
-    assert {"method": "GET", "route": "list_runs", "status": "401"} in labels
-    assert {"method": "DELETE", "route": "delete_run", "status": "403"} in labels
+    assert {"method": "GET", "route": "runs", "status": "401"} in labels
+    assert {"method": "DELETE", "route": "run", "status": "403"} in labels
     assert len(labels) <= 10  # 60 odd requests, a handful of series
 
 
@@ -164,7 +164,7 @@ def test_429_is_labelled_with_its_route(tmp_path: Path) -> None:
         labels = samples(
             svc.client.get("/metrics", headers=reader).text, "crucible_http_requests_total"
         )
-    assert {"method": "GET", "route": "list_runs", "status": "429"} in labels
+    assert {"method": "GET", "route": "runs", "status": "429"} in labels
 
 
 @pytest.fixture

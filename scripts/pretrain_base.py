@@ -22,8 +22,9 @@ Corpus: the train side of the default tasks (``crucible.recipes._tasks``, split 
 addition and reversal of made-up words), so held-out problems are never seen. Each train problem
 appears as plain text (``<|bos|>12 + 30 = 42<|end|>``) and inside chat conversations rendered by
 the chat template (optional system message, one to three turns, phrasings that differ from the
-fine-tuning prompts, full-sentence answers). Because the model is pretrained on conversations,
-``<|end|>`` after an answer is learned in pretraining: fine-tuning is not capped by the head.
+fine-tuning prompts, answers bare or in a sentence). Because the model is pretrained on
+conversations, ``<|end|>`` after an answer is learned in pretraining: fine-tuning is not capped
+by the head.
 
 Deterministic under ``--seed`` with a fixed thread count (``--threads``, default 2): the same
 command gives bitwise-identical files on the same torch/tokenizers build. Nothing is downloaded.
@@ -332,7 +333,8 @@ test fixture, not a language model.
 - **Corpus**: generated, nothing downloaded: the train side of Crucible's default tasks
   (`crucible.recipes._tasks`, split seed 0; held-out problems never seen), each problem as plain
   text and inside chat conversations (optional system message, one to three turns, phrasings
-  other than the fine-tuning prompts, answers as sentences); {tokens:,} tokens per epoch.
+  other than the fine-tuning prompts, answers bare or in a sentence); {tokens:,} tokens per
+  epoch.
 - **Training**: {steps} steps of {batch} packed rows of {context} tokens, AdamW (lr {lr:g},
   betas 0.9/0.95, weight decay 0.01), warmup then cosine to a tenth, clip 1.0, seed {seed},
   {threads} threads; final training loss {loss:.3f} nats/token.
@@ -471,7 +473,7 @@ def check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=16, help="rows of 512 tokens")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--warmup", type=int, default=20)

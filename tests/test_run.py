@@ -65,13 +65,15 @@ def test_conversations_cut_at_max_length_are_counted_in_metrics_and_summary(
     tmp_path: Path,
 ) -> None:
     run_dir = tmp_path / "run"
-    # the tiny dataset's dialogues are about 30 tokens: 16 keeps the prompt and cuts the answer
-    assert main([*tiny_overrides(tmp_path, run_dir, max_length=16, max_steps=4)]) == 0
+    # every prompt of the tiny dataset is longer than 12 tokens: each conversation is cut
+    # before its answer, so each is also left with nothing to train on
+    assert main([*tiny_overrides(tmp_path, run_dir, max_length=12, max_steps=4)]) == 0
     records = read_jsonl(run_dir / "metrics.jsonl")
-    truncated = [r["value"] for r in records if r["metric"] == "data/truncated_total"]
-    assert truncated == sorted(truncated) and truncated[-1] == 16  # 4 steps x 4, running total
+    for name in ("data/truncated_total", "data/skipped_total"):
+        totals = [r["value"] for r in records if r["metric"] == name]
+        assert totals == [4.0, 8.0, 12.0, 16.0], name  # 4 steps x 4 conversations, running
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["conversations_truncated"] == 16
+    assert summary["conversations_truncated"] == summary["conversations_skipped"] == 16
 
 
 def test_an_existing_run_dir_is_not_overwritten(

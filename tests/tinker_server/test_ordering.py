@@ -100,7 +100,11 @@ def test_chunked_forward_backward_accumulates_like_one_local_batch(
 
     async def local() -> tuple[Any, Any]:
         config = LocalBackendConfig(
-            lora=LoraConfig(rank=4, alpha=8.0), seed=3, checkpoint_root=tmp_path, run_id="ref"
+            base_model=BASE_MODEL,
+            lora=LoraConfig(rank=4, alpha=8.0),
+            seed=3,
+            checkpoint_root=tmp_path,
+            run_id="ref",
         )
         async with LocalBackend(config) as backend:
             first = await backend.forward_backward(TASK)

@@ -16,6 +16,8 @@ def make_config(tmp_path: Path) -> Callable[..., LocalBackendConfig]:
 
     def make(**overrides: object) -> LocalBackendConfig:
         settings: dict[str, object] = {
+            # the byte-level base: these tests write datums with the byte tokenizer
+            "base_model": "crucible/tiny-2l-128",
             "checkpoint_root": tmp_path / "checkpoints",
             "run_id": "test-run",
             "lora": SMALL_LORA,

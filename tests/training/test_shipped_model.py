@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import re
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +148,25 @@ def greedy(messages: list[dict[str, str]], max_new_tokens: int = 12) -> str:
 
 
 def test_the_base_is_pretrained_on_chat_it_answers_and_ends_its_turn() -> None:
-    """In a pretraining phrasing, the base answers in that phrasing's shape and ends its turn
-    with <|end|> on its own (a random-init model produces neither). It is not asked to be
-    right: getting the answers right is what LoRA fine-tuning adds (scripts/pretrain_base.py
-    --check measures that)."""
-    pairs = [(12, 30), (47, 38), (99, 99), (10, 85), (63, 29)]
-    answers = [greedy([{"role": "user", "content": f"Add {a} and {b}."}]) for a, b in pairs]
-    shaped = [re.fullmatch(r"\d+ \+ \d+ = \d+<\|end\|>", answer) for answer in answers]
-    assert sum(match is not None for match in shaped) >= 4, answers
+    """In its pretraining phrasings the base answers held-out problems (addition nearly always
+    right, reversal more often than not) and ends its turn with <|end|> on its own; a random
+    model does neither. The fine-tuning prompts ("What is a + b?") are not among them:
+    answering those is what the default run's LoRA adds (scripts/pretrain_base.py --check)."""
+    from crucible.recipes._tasks import default_task_split
+
+    held_out = default_task_split().test
+    sums = [e for e in held_out if e.task == "addition"][:20]
+    words = [e for e in held_out if e.task == "reversal"][:20]
+    asked = [
+        *((e, "Add {} and {}.".format(*e.prompt[8:-1].split(" + "))) for e in sums),
+        *((e, f"Spell {e.prompt.removeprefix('Reverse the word: ')} backwards.") for e in words),
+    ]
+    answers = {e: greedy([{"role": "user", "content": question}]) for e, question in asked}
+    assert all(answer.endswith("<|end|>") for answer in answers.values()), answers
+    right = {e.task: 0 for e in answers}
+    for example, answer in answers.items():
+        right[example.task] += answer == f"{example.answer}<|end|>"
+    assert right["addition"] >= 18 and right["reversal"] >= 10, (right, answers)
 
 
 def test_end_of_turn_is_not_capped() -> None:

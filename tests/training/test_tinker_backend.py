@@ -93,7 +93,11 @@ def local_backend(root: Path) -> LocalBackend:
     """What the server builds for rank 4 (alpha = 2 * rank) and seed 0."""
     return LocalBackend(
         LocalBackendConfig(
-            lora=LoraConfig(rank=RANK, alpha=2.0 * RANK), seed=0, checkpoint_root=root, run_id="ref"
+            base_model=BASE_MODEL,
+            lora=LoraConfig(rank=RANK, alpha=2.0 * RANK),
+            seed=0,
+            checkpoint_root=root,
+            run_id="ref",
         )
     )
 

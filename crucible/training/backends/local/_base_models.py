@@ -22,8 +22,8 @@ import torch
 from crucible.training.backends.local._tokenizer import HFTokenizer
 from crucible.training.port import InvalidBaseModel, ModelTooLarge, UnknownBaseModel
 
-#: The embedded default: the legacy byte-level base until the shipped HF directory lands.
-DEFAULT_BASE_MODEL: Final = "crucible/tiny-2l-128"
+#: The embedded default: a tiny Llama-architecture chat model shipped in the package.
+DEFAULT_BASE_MODEL: Final = "crucible/tiny-chat"
 _SHIPPED_PREFIX: Final = "crucible/"
 
 

@@ -28,6 +28,7 @@ from crucible.tinker_server._wire import (
     BadTensor,
     datums,
     encode_forward_backward_output,
+    loss_fn_config,
 )
 from crucible.training import UnknownBaseModel
 
@@ -89,6 +90,7 @@ class Training:
         model = self.sessions.model(message.model_id)
         forward_only = message.forward_only
         loss_fn = message.loss_fn or "cross_entropy"
+        config = loss_fn_config(message)
 
         async def submit(pending: Pending) -> None:
             try:
@@ -97,7 +99,7 @@ class Training:
                 pending.resolve(Outcome.failed(describe(error), "user"))
                 return
             run = model.backend.forward if forward_only else model.backend.forward_backward
-            await self.sessions.submit(pending, run(data, loss_fn), _proto_output)
+            await self.sessions.submit(pending, run(data, loss_fn, config), _proto_output)
 
         return await model.accept(message.seq_id, self.sessions.futures, submit)
 

@@ -60,6 +60,20 @@ def parse_forward_backward(body: bytes) -> pb.ForwardBackwardRequest:
     return message
 
 
+def loss_fn_config(message: pb.ForwardBackwardRequest) -> dict[str, float | str] | None:
+    """The request's ``loss_fn_config``, None when it has none. The SDK writes every entry to
+    ``loss_fn_config_v2`` (numbers and text) and the numbers also to the legacy
+    ``loss_fn_config`` map for older servers; v2 wins when present."""
+    if message.loss_fn_config_v2:
+        config: dict[str, float | str] = {}
+        for key, value in message.loss_fn_config_v2.items():
+            config[key] = value.text if value.WhichOneof("value") == "text" else value.number
+        return config
+    if message.loss_fn_config:
+        return {key: float(value) for key, value in message.loss_fn_config.items()}
+    return None
+
+
 def _tensor(message: pb.Tensor, where: str) -> types.TensorData:
     dtype = _TENSOR_DTYPES.get(message.dtype)
     if dtype is None:

@@ -18,6 +18,7 @@ from crucible.training.port._errors import (
     InvalidCheckpointPath,
     InvalidDatum,
     InvalidLoraTarget,
+    InvalidLossConfig,
     MissingChatTemplate,
     ModelTooLarge,
     UnknownBaseModel,
@@ -31,7 +32,12 @@ from crucible.training.port._operations import (
     STATE_OPERATIONS,
     OperationName,
 )
-from crucible.training.port._protocol import SamplingClient, Tokenizer, TrainingBackend
+from crucible.training.port._protocol import (
+    SamplingClient,
+    Tokenizer,
+    TrainingBackend,
+    loss_args,
+)
 from crucible.training.port._requests import (
     RequestForgotten,
     RequestId,
@@ -63,6 +69,7 @@ __all__ = [
     "InvalidCheckpointPath",
     "InvalidDatum",
     "InvalidLoraTarget",
+    "InvalidLossConfig",
     "MissingChatTemplate",
     "ModelTooLarge",
     "OperationName",
@@ -76,5 +83,6 @@ __all__ = [
     "UnknownBaseModel",
     "UnsupportedLossFn",
     "applies_once",
+    "loss_args",
     "retries_itself",
 ]

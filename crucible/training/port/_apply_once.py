@@ -19,7 +19,7 @@ Results of the inner backend must be awaitable more than once (``BackendFuture``
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import anyio
@@ -27,7 +27,12 @@ from tinker import types
 
 from crucible.training.port._futures import DeferredResult
 from crucible.training.port._operations import ORDERED_READS, STATE_OPERATIONS
-from crucible.training.port._protocol import SamplingClient, Tokenizer, TrainingBackend
+from crucible.training.port._protocol import (
+    SamplingClient,
+    Tokenizer,
+    TrainingBackend,
+    loss_args,
+)
 from crucible.training.port._requests import RequestForgotten, RequestId, RequestIdReused
 
 T = TypeVar("T")
@@ -173,6 +178,7 @@ class ApplyOnce:
         self,
         data: Sequence[types.Datum],
         loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
@@ -180,18 +186,22 @@ class ApplyOnce:
             "forward_backward",
             request_id,
             True,
-            lambda: self.inner.forward_backward(data, loss_fn),
+            lambda: self.inner.forward_backward(data, *loss_args(loss_fn, loss_fn_config)),
         )
 
     async def forward(
         self,
         data: Sequence[types.Datum],
         loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
         return await self.record.once(
-            "forward", request_id, True, lambda: self.inner.forward(data, loss_fn)
+            "forward",
+            request_id,
+            True,
+            lambda: self.inner.forward(data, *loss_args(loss_fn, loss_fn_config)),
         )
 
     async def optim_step(

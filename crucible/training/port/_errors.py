@@ -37,6 +37,11 @@ class UnsupportedLossFn(BackendError, ValueError):
     """The loss function is not implemented by this backend."""
 
 
+class InvalidLossConfig(BackendError, ValueError):
+    """``loss_fn_config`` names a key the loss function does not take, or a value outside its
+    range (a clip threshold below zero, a negative ``beta``, text where a number belongs)."""
+
+
 class CheckpointError(BackendError):
     """A checkpoint could not be saved or loaded."""
 
@@ -62,6 +67,7 @@ class CheckpointCorrupt(CheckpointError):
 REJECTED: Final[tuple[type[BackendError], ...]] = (
     InvalidDatum,
     UnsupportedLossFn,
+    InvalidLossConfig,
     CheckpointNotFound,
     CheckpointMismatch,
     CheckpointCorrupt,

@@ -10,8 +10,8 @@ before waiting for either. Results use the real ``tinker.types``; metric keys ar
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from tinker import types
 
@@ -55,16 +55,25 @@ class TrainingBackend(Protocol):
     def info(self) -> types.GetInfoResponse: ...
 
     async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
         """Loss and gradients for ``data``, added to the accumulated gradients.
 
-        Each datum's ``loss_fn_outputs`` entry has ``logprobs`` (of its target tokens);
-        metrics include ``loss:sum`` (the weighted sum of token NLLs over the batch)."""
+        ``loss_fn`` is one of Tinker's loss functions (``cross_entropy``, or an RL loss such as
+        ``importance_sampling`` or ``ppo`` whose datums carry sampling ``logprobs`` and
+        ``advantages``); ``loss_fn_config`` holds its settings (clip thresholds, ``beta``).
+        Each datum's ``loss_fn_outputs`` entry has ``logprobs`` (of its target tokens) and
+        ``elementwise_loss``; metrics include ``loss:sum`` (the loss summed over the batch)."""
         ...
 
     async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
         """As ``forward_backward`` without gradients (evaluation)."""
         ...
@@ -101,3 +110,10 @@ class TrainingBackend(Protocol):
     async def aclose(self) -> None:
         """Finish submitted work and release the backend."""
         ...
+
+
+def loss_args(loss_fn: str, loss_fn_config: Mapping[str, float | str] | None) -> tuple[Any, ...]:
+    """The arguments after ``data`` that a wrapper passes on to ``forward_backward`` or
+    ``forward``: the config only when one was given, so the default call stays the two-argument
+    call that backends written before ``loss_fn_config`` (and test doubles) take."""
+    return (loss_fn,) if loss_fn_config is None else (loss_fn, loss_fn_config)

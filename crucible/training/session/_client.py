@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
 from tinker import types
 
 from crucible.actors import ActorDead
-from crucible.training.port import SamplingClient, Tokenizer
+from crucible.training.port import SamplingClient, Tokenizer, loss_args
 from crucible.training.session._actor import GetStatus, SessionStatus, SetStatus, Status, Submit
 from crucible.training.session._journal import Journal, Operation
 
@@ -76,14 +76,23 @@ class SessionClient:
         return self._journal.info
 
     async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> Operation[types.ForwardBackwardOutput]:
-        return await self._submit("forward_backward", list(data), loss_fn)
+        # The config is journaled with the op (a copy), so a replay after a restart uses it.
+        config = None if loss_fn_config is None else dict(loss_fn_config)
+        return await self._submit("forward_backward", list(data), *loss_args(loss_fn, config))
 
     async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> Operation[types.ForwardBackwardOutput]:
-        return await self._submit("forward", list(data), loss_fn)
+        config = None if loss_fn_config is None else dict(loss_fn_config)
+        return await self._submit("forward", list(data), *loss_args(loss_fn, config))
 
     async def optim_step(self, adam_params: types.AdamParams) -> Operation[types.OptimStepResponse]:
         return await self._submit("optim_step", adam_params)

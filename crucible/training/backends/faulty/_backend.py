@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from tinker import types
@@ -21,6 +21,7 @@ from crucible.training.port import (
     Tokenizer,
     TrainingBackend,
     applies_once,
+    loss_args,
     retries_itself,
 )
 
@@ -123,23 +124,27 @@ class FaultyBackend:
         self,
         data: Sequence[types.Datum],
         loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
+        args = loss_args(loss_fn, loss_fn_config)
         return await self._source.run(
             "forward_backward",
-            lambda: self._tagged.forward_backward(data, loss_fn, **_tagged(request_id)),
+            lambda: self._tagged.forward_backward(data, *args, **_tagged(request_id)),
         )
 
     async def forward(
         self,
         data: Sequence[types.Datum],
         loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
         *,
         request_id: RequestId | None = None,
     ) -> Awaitable[types.ForwardBackwardOutput]:
+        args = loss_args(loss_fn, loss_fn_config)
         return await self._source.run(
-            "forward", lambda: self._tagged.forward(data, loss_fn, **_tagged(request_id))
+            "forward", lambda: self._tagged.forward(data, *args, **_tagged(request_id))
         )
 
     async def optim_step(

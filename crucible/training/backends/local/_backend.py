@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -141,14 +141,24 @@ class LocalBackend(AsyncClosing):
         return self._engine.info()
 
     async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> BackendFuture[types.ForwardBackwardOutput]:
-        return self._worker.submit(self._engine.forward_backward, list(data), loss_fn)
+        """Tinker's losses: cross_entropy, importance_sampling, ppo, cispo and dro (see the
+        ``_losses`` module for their formulas and ``loss_fn_config`` keys)."""
+        config = None if loss_fn_config is None else dict(loss_fn_config)
+        return self._worker.submit(self._engine.forward_backward, list(data), loss_fn, config)
 
     async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> BackendFuture[types.ForwardBackwardOutput]:
-        return self._worker.submit(self._engine.forward, list(data), loss_fn)
+        config = None if loss_fn_config is None else dict(loss_fn_config)
+        return self._worker.submit(self._engine.forward, list(data), loss_fn, config)
 
     async def optim_step(
         self, adam_params: types.AdamParams

@@ -8,7 +8,7 @@ import copy
 import itertools
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +21,7 @@ from crucible.training.backends.local._base_models import (
     context_length,
     load_base_model,
 )
+from crucible.training.backends.local._batch import Batch, build_batch
 from crucible.training.backends.local._files import read_checkpoint, write_atomically
 from crucible.training.backends.local._lora import (
     LoraConfig,
@@ -28,18 +29,15 @@ from crucible.training.backends.local._lora import (
     lora_parameters,
     lora_state_dict,
 )
+from crucible.training.backends.local._losses import LOSS_FNS, elementwise_loss
 from crucible.training.backends.local._paths import CheckpointPath, PathKind, check_segment
 from crucible.training.backends.local._sampler import Sampler
-from crucible.training.port import (
-    CheckpointCorrupt,
-    CheckpointMismatch,
-    InvalidDatum,
-    UnsupportedLossFn,
-)
+from crucible.training.port import CheckpointCorrupt, CheckpointMismatch
 
 STATE_FORMAT: Final = "crucible-local-state/1"
 SAMPLER_FORMAT: Final = "crucible-local-sampler/1"
-SUPPORTED_LOSS_FNS: Final = ("cross_entropy",)
+#: The loss functions this backend implements (see ``_losses``).
+SUPPORTED_LOSS_FNS: Final = LOSS_FNS
 
 
 def _new_run_id() -> str:
@@ -71,14 +69,6 @@ class LocalBackendConfig:
         check_segment(value, "run id")
 
 
-@attrs.frozen
-class _Batch:
-    inputs: torch.Tensor  # [B, T] int64, right-padded
-    targets: torch.Tensor  # [B, T] int64
-    weights: torch.Tensor  # [B, T] float32, zero on padding
-    lengths: list[int]
-
-
 class LocalEngine:
     def __init__(self, config: LocalBackendConfig) -> None:
         self.config = config
@@ -102,57 +92,25 @@ class LocalEngine:
 
     # ---- forward / backward -------------------------------------------------------------
 
-    def _batch(self, data: Sequence[types.Datum], loss_fn: str) -> _Batch:
-        if loss_fn not in SUPPORTED_LOSS_FNS:
-            raise UnsupportedLossFn(
-                f"loss_fn {loss_fn!r} is not supported by the local backend; use one of "
-                f"{', '.join(SUPPORTED_LOSS_FNS)}"
-            )
-        if not data:
-            raise InvalidDatum("forward_backward needs at least one Datum")
-        context = self.context_length
-        vocab = self.vocab_size
-        rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
-        for index, datum in enumerate(data):
-            tokens = datum.model_input.to_ints()
-            if "target_tokens" not in datum.loss_fn_inputs:
-                raise InvalidDatum(f"datum {index} has no loss_fn_inputs['target_tokens']")
-            targets = datum.loss_fn_inputs["target_tokens"].to_torch().to(torch.int64).flatten()
-            weight_data = datum.loss_fn_inputs.get("weights")
-            weights = (
-                torch.ones(len(tokens))
-                if weight_data is None
-                else weight_data.to_torch().to(torch.float32).flatten()
-            )
-            if not 1 <= len(tokens) <= context:
-                raise InvalidDatum(
-                    f"datum {index} has {len(tokens)} input tokens; the context length allows 1 to "
-                    f"{context}"
-                )
-            if len(targets) != len(tokens) or len(weights) != len(tokens):
-                raise InvalidDatum(
-                    f"datum {index}: target_tokens ({len(targets)}) and weights ({len(weights)}) "
-                    f"must have one entry per input token ({len(tokens)})"
-                )
-            if any(not 0 <= t < vocab for t in tokens) or bool(
-                ((targets < 0) | (targets >= vocab)).any()
-            ):
-                raise InvalidDatum(f"datum {index} has token ids outside 0..{vocab - 1}")
-            rows.append((tokens, targets, weights))
-        width = max(len(tokens) for tokens, _, _ in rows)
-        inputs = torch.full((len(rows), width), self.pad_token_id, dtype=torch.int64)
-        targets_out = torch.zeros((len(rows), width), dtype=torch.int64)
-        weights_out = torch.zeros((len(rows), width), dtype=torch.float32)
-        for row, (tokens, targets, weights) in enumerate(rows):
-            inputs[row, : len(tokens)] = torch.tensor(tokens)
-            targets_out[row, : len(tokens)] = targets
-            weights_out[row, : len(tokens)] = weights
-        lengths = [len(tokens) for tokens, _, _ in rows]
-        device = self.device
-        return _Batch(inputs.to(device), targets_out.to(device), weights_out.to(device), lengths)
+    def _batch(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None,
+    ) -> Batch:
+        return build_batch(
+            data,
+            loss_fn,
+            loss_fn_config,
+            context=self.context_length,
+            vocab=self.vocab_size,
+            pad_token_id=self.pad_token_id,
+            device=self.device,
+        )
 
-    def _loss(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted sum of token NLLs (Tinker's cross_entropy) and the target logprobs.
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss (the sum of the elementwise loss, as Tinker's losses are), the
+        elementwise loss and the target logprobs.
 
         Rows are right-padded and attention is causal, so no real token ever attends to
         padding: no attention mask is needed (which keeps SDPA on its fast causal path)."""
@@ -160,15 +118,30 @@ class LocalEngine:
             logits = self.model(input_ids=batch.inputs, use_cache=False).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target_logprobs = logprobs.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
-        loss = -(target_logprobs * batch.weights).sum()
-        return loss, target_logprobs
+        elementwise = elementwise_loss(
+            batch.loss_fn,
+            target_logprobs,
+            batch.weights,
+            batch.sampling_logprobs,
+            batch.advantages,
+            batch.config,
+        )
+        return elementwise.sum(), elementwise, target_logprobs
 
     def _output(
-        self, batch: _Batch, loss: torch.Tensor, target_logprobs: torch.Tensor
+        self,
+        batch: Batch,
+        loss: torch.Tensor,
+        elementwise: torch.Tensor,
+        target_logprobs: torch.Tensor,
     ) -> types.ForwardBackwardOutput:
-        detached = target_logprobs.detach()
+        logprobs_out = target_logprobs.detach().float().cpu()
+        elementwise_out = elementwise.detach().float().cpu()
         outputs = [
-            {"logprobs": types.TensorData.from_torch(detached[row, :length].float().cpu())}
+            {
+                "logprobs": types.TensorData.from_torch(logprobs_out[row, :length]),
+                "elementwise_loss": types.TensorData.from_torch(elementwise_out[row, :length]),
+            }
             for row, length in enumerate(batch.lengths)
         ]
         return types.ForwardBackwardOutput(
@@ -182,19 +155,27 @@ class LocalEngine:
         )
 
     def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> types.ForwardBackwardOutput:
         """Gradients are added to those of earlier calls until optim_step (accumulation)."""
-        batch = self._batch(data, loss_fn)
-        loss, target_logprobs = self._loss(batch)
+        batch = self._batch(data, loss_fn, loss_fn_config)
+        loss, elementwise, target_logprobs = self._loss(batch)
         loss.backward()  # type: ignore[no-untyped-call]
-        return self._output(batch, loss, target_logprobs)
+        return self._output(batch, loss, elementwise, target_logprobs)
 
-    def forward(self, data: Sequence[types.Datum], loss_fn: str) -> types.ForwardBackwardOutput:
-        batch = self._batch(data, loss_fn)
+    def forward(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> types.ForwardBackwardOutput:
+        batch = self._batch(data, loss_fn, loss_fn_config)
         with torch.no_grad():
-            loss, target_logprobs = self._loss(batch)
-        return self._output(batch, loss, target_logprobs)
+            loss, elementwise, target_logprobs = self._loss(batch)
+        return self._output(batch, loss, elementwise, target_logprobs)
 
     # ---- optimizer -----------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import anyio
@@ -214,16 +214,27 @@ class TinkerBackend(AsyncClosing):
         )
 
     async def forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> BackendFuture[types.ForwardBackwardOutput]:
+        # The loss and its config go to Tinker as they are: the service checks them.
         return await self._submit(
-            "forward_backward", lambda client: client.forward_backward(list(data), loss_fn)
+            "forward_backward",
+            lambda client: client.forward_backward(list(data), loss_fn, loss_fn_config),
         )
 
     async def forward(
-        self, data: Sequence[types.Datum], loss_fn: str = "cross_entropy"
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float | str] | None = None,
     ) -> BackendFuture[types.ForwardBackwardOutput]:
-        return await self._submit("forward", lambda client: client.forward(list(data), loss_fn))
+        return await self._submit(
+            "forward",
+            lambda client: client.forward(list(data), loss_fn, loss_fn_config),
+        )
 
     async def optim_step(
         self, adam_params: types.AdamParams

@@ -1,9 +1,10 @@
 """Training (layer 4): the TrainingBackend port in Tinker's shape, the backends, the supervised
-session, and the CheckpointManager and ModelRegistry actors.
+session, the CheckpointManager and ModelRegistry actors, and the sampler pool.
 
 Subpackages: ``port`` (protocols, operation names, errors, results), ``backends`` (``tinker``,
 ``faulty``; ``backends.local`` needs torch, the ``local`` extra, and is not imported here),
-``session``, ``checkpoints`` and ``registry``. This module exports what most callers need.
+``session``, ``checkpoints``, ``registry`` and ``sampling`` (the sampler pool). This module
+exports what most callers need.
 """
 
 from crucible.training._tree import TrainingTree, open_training
@@ -65,6 +66,14 @@ from crucible.training.registry import (
     RegistryError,
     RegistryStore,
 )
+from crucible.training.sampling import (
+    PooledSample,
+    SamplerPool,
+    SamplerPoolFailed,
+    SamplerPoolStats,
+    SamplerWeights,
+    open_sampler_pool,
+)
 from crucible.training.session import OperationTimedOut, SessionClient, TrainingFailed
 
 __all__ = [
@@ -107,9 +116,14 @@ __all__ = [
     "ModelTooLarge",
     "NoCheckpoints",
     "OperationTimedOut",
+    "PooledSample",
     "RegistryError",
     "RegistryStore",
     "RetryPolicy",
+    "SamplerPool",
+    "SamplerPoolFailed",
+    "SamplerPoolStats",
+    "SamplerWeights",
     "SamplingClient",
     "SessionClient",
     "TinkerAuthError",
@@ -122,5 +136,6 @@ __all__ = [
     "UnknownBaseModel",
     "UnsupportedLossFn",
     "latest_state_checkpoint",
+    "open_sampler_pool",
     "open_training",
 ]

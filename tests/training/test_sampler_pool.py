@@ -50,6 +50,9 @@ def weights_number(path: str) -> int:
     return int(path.rsplit("/", 1)[-1])
 
 
+HANG = Exception("never answers")  # a fault: the attempt's result never comes
+
+
 class FakeSampling:
     """A backend with sampling only. ``sample`` answers ``[weights, prompt..., seed]``, after
     ``gate`` opens (when one is set). ``faults[prompt]`` lists errors that the next attempts
@@ -92,6 +95,8 @@ class FakeSamplingClient:
 
         async def answer() -> types.SampleResponse:
             try:
+                if fault is HANG:
+                    await anyio.sleep_forever()
                 if fault is not None:
                     raise fault
                 if backend.gate is not None:
@@ -264,6 +269,22 @@ async def test_retries_used_up_restart_the_sampler_then_the_request_succeeds() -
         stats = pool.stats()
     assert result.attempts == 4
     assert (stats.retried, stats.restarts) == (2, 1)
+
+
+async def test_a_hung_sample_restarts_its_sampler_and_runs_again() -> None:
+    fake = FakeSampling()
+    fake.faults[3] = [HANG]
+    async with open_sampler_pool(
+        fake,  # type: ignore[arg-type]
+        size=1,
+        weights="fake://1",
+        op_timeout=0.05,  # the hang is detected by this timeout, nothing else
+        backoff=Backoff.none(),
+    ) as pool:
+        result = await pool.sample(prompt(3), 1, PARAMS)
+        stats = pool.stats()
+    assert result.sequences[0].tokens == [1, 3, 11] and result.attempts == 2
+    assert (stats.restarts, fake.in_flight) == (1, 0)
 
 
 async def test_the_pool_gives_up_past_its_restart_intensity() -> None:

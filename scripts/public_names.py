@@ -31,6 +31,7 @@ PACKAGES = (
     "crucible.training.session",
     "crucible.training.checkpoints",
     "crucible.training.registry",
+    "crucible.training.sampling",
     "crucible.training.backends.local",
     "crucible.recipes",
     "crucible.recipes.sl_basic",

@@ -1,9 +1,10 @@
 """Training (layer 4): the TrainingBackend port in Tinker's shape, the backends, the supervised
-session, and the CheckpointManager and ModelRegistry actors.
+session, the CheckpointManager and ModelRegistry actors, and the sampler pool.
 
 Subpackages: ``port`` (protocols, operation names, errors, results), ``backends`` (``tinker``,
 ``faulty``; ``backends.local`` needs torch, the ``local`` extra, and is not imported here),
-``session``, ``checkpoints`` and ``registry``. This module exports what most callers need.
+``session``, ``checkpoints``, ``registry`` and ``sampling`` (the sampler pool). This module
+exports what most callers need.
 """
 
 from crucible.training._tree import TrainingTree, open_training
@@ -43,6 +44,7 @@ from crucible.training.port import (
     InvalidCheckpointPath,
     InvalidDatum,
     InvalidLoraTarget,
+    InvalidLossConfig,
     MissingChatTemplate,
     ModelTooLarge,
     SamplingClient,
@@ -64,6 +66,14 @@ from crucible.training.registry import (
     ModelStage,
     RegistryError,
     RegistryStore,
+)
+from crucible.training.sampling import (
+    PooledSample,
+    SamplerPool,
+    SamplerPoolFailed,
+    SamplerPoolStats,
+    SamplerWeights,
+    open_sampler_pool,
 )
 from crucible.training.session import OperationTimedOut, SessionClient, TrainingFailed
 
@@ -94,6 +104,7 @@ __all__ = [
     "InvalidCheckpointPath",
     "InvalidDatum",
     "InvalidLoraTarget",
+    "InvalidLossConfig",
     "InvalidPromotion",
     "InvalidStep",
     "LatencyDistribution",
@@ -107,9 +118,14 @@ __all__ = [
     "ModelTooLarge",
     "NoCheckpoints",
     "OperationTimedOut",
+    "PooledSample",
     "RegistryError",
     "RegistryStore",
     "RetryPolicy",
+    "SamplerPool",
+    "SamplerPoolFailed",
+    "SamplerPoolStats",
+    "SamplerWeights",
     "SamplingClient",
     "SessionClient",
     "TinkerAuthError",
@@ -122,5 +138,6 @@ __all__ = [
     "UnknownBaseModel",
     "UnsupportedLossFn",
     "latest_state_checkpoint",
+    "open_sampler_pool",
     "open_training",
 ]

@@ -309,7 +309,10 @@ async def test_bad_runs_and_queries_are_refused_naming_the_field(store: Any) -> 
         (store.create_run(RunSpec(id="r", started_at=datetime(2025, 1, 1))), "started_at"),
         (store.update_run("r", RunUpdate(summary={"x": float("inf")})), "summary"),
         (store.list_runs(RunQuery(limit=0)), "limit"),
-        (store.list_runs(RunQuery(sort="metric", sort_metric="latest")), "sort"),
+        (
+            store.list_runs(RunQuery(sort="metric", sort_metric="loss", sort_aggregate="latest")),
+            "sort",
+        ),
         (store.list_runs(RunQuery(cursor="garbage")), "cursor"),
         (store.list_runs(RunQuery(config=(ConfigFilter(("a b",), 1),))), "config"),
     ]

@@ -17,7 +17,13 @@ import httpx
 import pytest
 import uvicorn
 
-from crucible.recipes import ProgressReporter, execute_run, load_config, prepare_run_dir
+from crucible.recipes import (
+    ConfigError,
+    ProgressReporter,
+    execute_run,
+    load_config,
+    prepare_run_dir,
+)
 from crucible.recipes.sl_basic._pipeline import drain
 from crucible.recipes.sl_basic._stages import Evaluate
 from crucible.run import main
@@ -222,3 +228,17 @@ def test_importing_twice_changes_nothing(
     missing.mkdir()
     assert serve_main(["--store", db, "import", str(missing)]) == 1
     assert "no config.json there" in capsys.readouterr().err
+
+
+def test_a_bad_service_url_is_bad_input_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="CRUCIBLE_TOKEN"):
+        load_config(None, ["service_url=http://alice:secret@metrics:8600"])
+    with pytest.raises(ConfigError, match="http"):
+        load_config(None, ["service_url=metrics:8600"])
+    monkeypatch.setenv("CRUCIBLE_SERVICE_URL", "ftp://metrics")
+    assert main([*tiny_overrides(tmp_path, run_dir), "--quiet"]) == 2
+    assert "CRUCIBLE_SERVICE_URL must be an http:// or https:// URL" in capsys.readouterr().err
+    assert not run_dir.exists()

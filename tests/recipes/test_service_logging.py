@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
@@ -20,6 +21,7 @@ import uvicorn
 from crucible.recipes import (
     ConfigError,
     ProgressReporter,
+    ServiceLink,
     execute_run,
     load_config,
     prepare_run_dir,
@@ -242,3 +244,33 @@ def test_a_bad_service_url_is_bad_input_before_anything_runs(
     assert main([*tiny_overrides(tmp_path, run_dir), "--quiet"]) == 2
     assert "CRUCIBLE_SERVICE_URL must be an http:// or https:// URL" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+class _HeartbeatRecorder:
+    """Stands in for the link's RemoteRuns: counts heartbeats, says when there are enough."""
+
+    def __init__(self, wanted: int) -> None:
+        self.beats: list[str] = []
+        self.enough = anyio.Event()
+        self._wanted = wanted
+
+    def heartbeat(self, run_id: str) -> None:
+        self.beats.append(run_id)
+        if len(self.beats) >= self._wanted:
+            self.enough.set()
+
+
+@pytest.mark.anyio
+async def test_a_running_link_heartbeats_until_it_is_cancelled(tmp_path: Path) -> None:
+    link = ServiceLink(
+        f"http://127.0.0.1:{free_port()}", tmp_path, "r1", wait_s=0, heartbeat_every=0.001
+    )
+    recorder = _HeartbeatRecorder(wanted=3)
+    link._runs = recorder  # type: ignore[assignment]
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(link.keep_alive)
+            await recorder.enough.wait()
+            tasks.cancel_scope.cancel()
+    assert recorder.beats[:3] == ["r1", "r1", "r1"]
+    assert await link.finish("completed", {}, None) == 0  # never started: nothing to end

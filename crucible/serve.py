@@ -4,6 +4,7 @@ python -m crucible.serve [--store sqlite://crucible.db] [--host 127.0.0.1] [--po
                          [--tokens crucible-tokens.db] [--no-auth]
 python -m crucible.serve token create --name NAME [--read-only]
 python -m crucible.serve token list | token revoke --name NAME
+python -m crucible.serve [--store URL] import RUN_DIR...
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from crucible.service import ServiceConfig, TokenStore, create_app, server_config
 
@@ -67,7 +69,44 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--name")
     token.add_argument("--read-only", action="store_true")
     token.add_argument("--tokens", dest="token_db", help="token database")
+    importer = commands.add_parser(
+        "import",
+        help="import finished runs from their run directories into the store (again: no change)",
+    )
+    importer.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    importer.add_argument(
+        "--store", dest="import_store", help="the store to import into (default: --store)"
+    )
     return parser
+
+
+def _import_command(args: argparse.Namespace) -> int:
+    """Import each run directory; one line per run, exit 1 if any could not be imported."""
+    import anyio
+
+    from crucible.metrics import MetricsError, open_store
+    from crucible.recipes import NotARunDir, import_run
+
+    url = args.import_store or args.store
+
+    async def run() -> int:
+        failed = 0
+        store = await open_store(url, **({} if url == "memory://" else {"durable": True}))
+        try:
+            for run_dir in args.run_dirs:
+                try:
+                    result = await import_run(store, Path(run_dir))
+                except (NotARunDir, MetricsError, TypeError, OSError) as error:
+                    print(f"{run_dir}: not imported: {error}", file=sys.stderr)
+                    failed += 1
+                    continue
+                written = f", {result.points} points" if result.points else ""
+                print(f"{result.run_id}: {result.action}{written}")
+        finally:
+            await store.close()
+        return 1 if failed else 0
+
+    return anyio.run(run)
 
 
 def _token_command(args: argparse.Namespace) -> int:
@@ -102,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "token":
         return _token_command(args)
+    if args.command == "import":
+        return _import_command(args)
     import uvicorn
 
     tokens = None

@@ -79,6 +79,12 @@ class RemoteRuns:
         moment = (at or datetime.now(UTC)).astimezone(UTC)
         self._send(f"POST /api/v1/runs/{run_id}/heartbeat", _encode({"at": moment}))
 
+    def delete(self, run_id: str) -> None:
+        """Delete the run, its record and its points, in order with what was sent before
+        (a run that is not there is refused with 404 and set aside in `rejected.log`)."""
+        check_spec(RunSpec(id=run_id))
+        self._send(f"DELETE /api/v1/runs/{run_id}", b"")
+
     def finish(self, run_id: str, status: str = "completed", **summary: float) -> None:
         """End the run: status completed (or failed), with final summary values."""
         fields: dict[str, object] = {"status": status, "ended_at": datetime.now(UTC)}

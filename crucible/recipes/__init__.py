@@ -47,6 +47,13 @@ from crucible.recipes._progress import ProgressReporter
 from crucible.recipes._render import ChatRenderer, ChatTemplate, RenderedExample, datum_weight
 from crucible.recipes._run_dir import RunFiles, run_dir_files
 from crucible.recipes._schedule import SCHEDULES, learning_rate
+from crucible.recipes._service_import import ImportResult, NotARunDir, import_run, read_run_dir
+from crucible.recipes._service_link import (
+    SERVICE_URL_ENV,
+    ServiceLink,
+    TeeMetricsStore,
+    service_url_of,
+)
 from crucible.recipes._session_setup import BackendUnavailable
 from crucible.recipes._workflow import (
     Context,
@@ -65,6 +72,7 @@ from crucible.recipes._workflow import (
 __all__ = [
     "BAD_INPUT_ERRORS",
     "SCHEDULES",
+    "SERVICE_URL_ENV",
     "BackendUnavailable",
     "BatchPlan",
     "ChatRenderer",
@@ -78,11 +86,13 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "FunctionStage",
+    "ImportResult",
     "JsonlDatasetStore",
     "LoadedConversations",
     "Loop",
     "Message",
     "MissingAdapters",
+    "NotARunDir",
     "NothingToResume",
     "ProgressReporter",
     "Recipe",
@@ -92,11 +102,13 @@ __all__ = [
     "RunFiles",
     "RunOutcome",
     "SamplingEvaluator",
+    "ServiceLink",
     "Stage",
     "StageFailed",
     "StopRequested",
     "StopSwitch",
     "TaskDatasetStore",
+    "TeeMetricsStore",
     "TrainConfig",
     "WorkflowError",
     "bad_input_in",
@@ -108,14 +120,17 @@ __all__ = [
     "datum_weight",
     "default_run_dir",
     "execute_run",
+    "import_run",
     "learning_rate",
     "load_config",
     "parse_overrides",
     "prepare_run_dir",
     "read_conversations",
+    "read_run_dir",
     "resume_advice",
     "resume_command",
     "resume_point_of",
     "run_dir_files",
     "run_workflow",
+    "service_url_of",
 ]

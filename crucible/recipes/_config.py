@@ -16,6 +16,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -64,6 +65,26 @@ def _fraction(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> 
 def _finite(_instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
+def check_service_url(url: str, what: str = "service_url") -> str:
+    """An http(s) URL of the metric service, without credentials: the token travels in
+    ``CRUCIBLE_TOKEN`` only, so it never lands in config.json."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an http:// or https:// URL, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{what} must not carry credentials; put the token in CRUCIBLE_TOKEN instead"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{what} must be the service's base URL, without ? or #")
+    return url
+
+
+def _service_url(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        check_service_url(value, attribute.name)
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +162,11 @@ class TrainConfig:
     retry_backoff_s: float = attrs.field(default=0.002, validator=[_finite, _at_least(0)])
     retry_backoff_max_s: float = attrs.field(default=0.2, validator=[_finite, _at_least(0)])
     snapshot_every: int | None = attrs.field(default=None, validator=_at_least(0))
+    # -- the metric service (docs/service.md): besides the run directory, log the run there.
+    # None: $CRUCIBLE_SERVICE_URL if set, else no service. The token is $CRUCIBLE_TOKEN.
+    service_url: str | None = attrs.field(default=None, validator=_service_url)
+    # at the end, how long to wait for the service to take what is still buffered
+    service_wait_s: float = attrs.field(default=5.0, validator=[_finite, _at_least(0)])
 
     def __attrs_post_init__(self) -> None:
         if not RUN_ID_PATTERN.fullmatch(self.name) or len(self.name) > 100:

@@ -7,6 +7,7 @@ job runs the workflow once; when the tree gives up, the run fails and can be res
 
 from __future__ import annotations
 
+import logging
 import math
 import shlex
 import shutil
@@ -35,6 +36,12 @@ from crucible.recipes._preflight import (
 )
 from crucible.recipes._progress import ProgressReporter
 from crucible.recipes._run_dir import RunFiles, run_dir_files
+from crucible.recipes._service_link import (
+    ReportedCheckpoints,
+    ServiceLink,
+    TeeMetricsStore,
+    service_url_of,
+)
 from crucible.recipes._session_setup import (
     check_backend,
     import_initial_weights,
@@ -66,6 +73,8 @@ class RunOutcome:
     stale_temporaries_removed: int = 0
     error: str | None = None
     summary: dict[str, Any] = attrs.field(factory=dict)
+    # requests for the metric service still in the run's buffer at the end (None: no service)
+    service_buffered: int | None = None
 
 
 @attrs.define
@@ -79,6 +88,9 @@ class StopSwitch:
         self.requested = True
         if self.ctx is not None:
             self.ctx.stop_requested = True
+
+
+_log = logging.getLogger("crucible.recipes.service")
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -181,13 +193,21 @@ async def execute_run(
     started = time.perf_counter()
     files.repair_tails()
     telemetry = JsonlHandler(files.telemetry, handler_id=f"crucible.run.telemetry:{run_dir}")
+    url = service_url_of(config)
+    link = None
+    if url is not None:
+        link = ServiceLink(url, run_dir, state.run_id, wait_s=config.service_wait_s)
     try:
         async with open_runtime() as rt, anyio.create_task_group() as tasks:
             if handle_signals:
                 tasks.start_soon(_watch_interrupts, switch, reporter)
+            if link is not None:
+                tasks.start_soon(link.keep_alive)
             try:
                 store = dataset_store(config) if dataset is None else PreloadedDatasetStore(dataset)
-                await _run_sl_basic(config, files, rt, state, switch, outcome, store, reporter)
+                await _run_sl_basic(
+                    config, files, rt, state, switch, outcome, store, reporter, link
+                )
             finally:
                 tasks.cancel_scope.cancel()
     except BaseExceptionGroup as group:  # task groups wrap errors: report the one that happened
@@ -207,7 +227,26 @@ async def execute_run(
         outcome.skipped_lines = state.skipped_lines
         outcome.summary = _summary(config, outcome, state.history, time.perf_counter() - started)
         files.write_summary(outcome.summary)
+        if link is not None:
+            outcome.service_buffered = await _finish_link(link, outcome, run_dir)
     return outcome
+
+
+async def _finish_link(link: ServiceLink, outcome: RunOutcome, run_dir: Path) -> int:
+    """End the run's record in the service, waiting at most ``service_wait_s`` for it to
+    take what is buffered; say so when some of it is still waiting."""
+    buffered = await link.finish(outcome.status, outcome.summary, outcome.error)
+    if buffered:
+        _log.warning(
+            "the metric service at %s has not taken %d requests yet; they wait in %s and "
+            "are sent by `%s`, or import the run with `python -m crucible.serve import %s`",
+            link.url,
+            buffered,
+            link.buffer_dir,
+            resume_command(run_dir),
+            shlex.quote(str(run_dir)),
+        )
+    return buffered
 
 
 async def _run_sl_basic(
@@ -219,6 +258,7 @@ async def _run_sl_basic(
     outcome: RunOutcome,
     dataset: DatasetStore,
     reporter: ProgressReporter,
+    link: ServiceLink | None = None,
 ) -> None:
     store = JsonlMetricsStore(files.metrics)
     try:
@@ -235,8 +275,18 @@ async def _run_sl_basic(
             truncation = await store.truncate_after(point.batch if point else -1)
             state.recorded_at_resume = truncation.at_step
         # The summary covers the whole run: what earlier runs in this directory recorded too.
-        state.history = MetricHistory.of(await store.read(state.run_id))
+        recorded = await store.read(state.run_id)
+        state.history = MetricHistory.of(recorded)
+        metrics: JsonlMetricsStore | TeeMetricsStore = store
+        if link is not None:
+            link.start(config, resume=state.resume, records=recorded)
+            metrics = TeeMetricsStore(store, link.store)
         async with open_training_session(rt, config, files.run_dir, state.run_id) as handles:
+            checkpoints: Any = handles.checkpoint_store
+            if link is not None:
+                if state.resume:  # the service's copy was replaced: its checkpoints again
+                    link.checkpoints(await checkpoints.list())
+                checkpoints = ReportedCheckpoints(checkpoints, link)
             try:
                 if config.init_from is not None:
                     source = Path(config.init_from)
@@ -247,8 +297,8 @@ async def _run_sl_basic(
                     {
                         "training_client": handles.training_client,
                         "dataset_store": dataset,
-                        "metrics_store": store,
-                        "checkpoint_store": handles.checkpoint_store,
+                        "metrics_store": metrics,
+                        "checkpoint_store": checkpoints,
                         "model_registry": handles.model_registry,
                     },
                     state,
@@ -257,6 +307,8 @@ async def _run_sl_basic(
                 switch.ctx = ctx
                 await run_workflow(SL_BASIC, ctx)
                 outcome.status = "completed"
+                if link is not None:
+                    await _report_models(link, handles.model_registry, state)
             except StopRequested:
                 outcome.status = "stopped"
             except StageFailed as failure:
@@ -267,6 +319,16 @@ async def _run_sl_basic(
                 outcome.restarts = handles.restarts()
     finally:
         await store.close()
+
+
+async def _report_models(link: ServiceLink, registry: ModelRegistryClient, state: SLState) -> None:
+    """Send the model versions this run registered (a run continued past its end has
+    several), and the one it stands for (``state.model_id``)."""
+    found = await registry.find(tags=(f"run:{state.run_id}",))
+    if state.model_id is not None and all(record.id != state.model_id for record in found):
+        found.append(await registry.get(state.model_id))
+    for record in found:
+        link.model_version(record)
 
 
 async def _parent_model(registry: ModelRegistryClient, source: Path) -> int | None:

@@ -23,6 +23,7 @@ from crucible.recipes._batches import BatchPlan
 from crucible.recipes._config import ConfigError, TrainConfig
 from crucible.recipes._data import DatasetError, DatasetSplits, JsonlDatasetStore, TaskDatasetStore
 from crucible.recipes._run_dir import run_dir_files
+from crucible.recipes._service_link import service_url_of
 from crucible.recipes._session_setup import (
     BackendUnavailable,
     check_backend,
@@ -111,6 +112,7 @@ def check_run(
 
     Creates nothing. Raises one of ``BAD_INPUT_ERRORS`` naming the problem."""
     check_backend(config)
+    service_url_of(config)  # $CRUCIBLE_SERVICE_URL is checked here, before anything is made
     if run_dir is not None:
         check_output_dir(run_dir, "log_dir")
         if resume:

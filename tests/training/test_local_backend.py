@@ -227,9 +227,14 @@ async def test_invalid_data_raise_invalid_datum(make_config: MakeConfig) -> None
         model_input=types.ModelInput.from_ints([1, 2]),
         loss_fn_inputs={"target_tokens": [2, 99999]},
     )
+    nan_weight = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2]),
+        loss_fn_inputs={"target_tokens": [2, 3], "weights": [1.0, float("nan")]},
+    )
     async with LocalBackend(make_config()) as backend:
         for data, match in (
             ([too_long], "context"),
+            ([nan_weight], "non-finite"),
             ([mismatched], "one entry per input token"),
             ([out_of_vocab], "outside"),
             ([], "at least one"),

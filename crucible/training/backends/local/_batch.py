@@ -111,7 +111,8 @@ def _cross_entropy_row(index: int, datum: types.Datum, tokens: list[int]) -> _Ro
             f"datum {index}: target_tokens ({len(targets)}) and weights ({len(weights)}) "
             f"must have one entry per input token ({len(tokens)})"
         )
-    return _Row(tokens, targets, weights, None)
+    # a NaN weight would make every LoRA weight NaN at the next optim_step
+    return _Row(tokens, targets, _finite(index, "weights", weights), None)
 
 
 def _rl_row(

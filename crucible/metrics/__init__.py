@@ -24,7 +24,7 @@ from ._memory import MemoryMetricsStore
 from ._names import check_metric_name, check_run_id
 from ._open import open_store
 from ._protocol import MetricsStore, SyncMetrics
-from ._record import MetricRecord, MetricSummary
+from ._record import MetricRecord, MetricSummary, coerce_batch
 from ._remote import RemoteMetricsStore
 from ._remote_runs import RemoteRuns, git_commit
 from ._runs import (
@@ -105,6 +105,7 @@ __all__ = [
     "Truncation",
     "check_metric_name",
     "check_run_id",
+    "coerce_batch",
     "git_commit",
     "open_store",
     "read_metrics_file",

@@ -38,6 +38,7 @@ from crucible.metrics import (
     RemoteRuns,
     RunSpec,
     RunUpdate,
+    coerce_batch,
 )
 from crucible.recipes._config import TrainConfig, check_service_url, config_to_dict
 from crucible.training import CheckpointManagerClient, ModelRecord
@@ -136,10 +137,6 @@ def model_version_ref(record: ModelRecord) -> ModelVersionRef:
     )
 
 
-def _as_records(records: Iterable[MetricRecord | Mapping[str, Any]]) -> list[MetricRecord]:
-    return [r if isinstance(r, MetricRecord) else MetricRecord(**r) for r in records]
-
-
 class _TeeSync:
     def __init__(self, tee: TeeMetricsStore) -> None:
         self._tee = tee
@@ -166,7 +163,7 @@ class _TeeSync:
         *,
         idempotency_key: str | None = None,
     ) -> None:
-        batch = _as_records(records)
+        batch = coerce_batch(records)
         self._tee.primary.sync.record_many(batch, idempotency_key=idempotency_key)
         self._tee.mirror_records(batch)
 
@@ -226,7 +223,7 @@ class TeeMetricsStore:
         *,
         idempotency_key: str | None = None,
     ) -> None:
-        batch = _as_records(records)
+        batch = coerce_batch(records)
         await self.primary.record_many(batch, idempotency_key=idempotency_key)
         self.mirror_records(batch)
 

@@ -151,16 +151,16 @@ def _load(name: str, device_text: str, dtype: torch.dtype) -> tuple[Any, HFToken
 def _load_directory(
     name: str, directory: Path, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, HFTokenizer]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     _check_directory(directory)
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise InvalidBaseModel(
             f"base model {name!r} ({directory}) cannot be read: {error}"
         ) from error
+    tokenizer = _read_tokenizer(name, directory)
     with torch.device("meta"):
         try:
             shape = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
@@ -173,22 +173,26 @@ def _load_directory(
         directory, local_files_only=True, dtype=dtype, device_map=None
     )
     model.to(device)
-    return model, HFTokenizer(tokenizer)
+    return model, tokenizer
+
+
+def _read_tokenizer(name: str, directory: Path) -> HFTokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        return HFTokenizer(AutoTokenizer.from_pretrained(directory, local_files_only=True))
+    except (OSError, ValueError, KeyError) as error:
+        raise InvalidBaseModel(
+            f"base model {name!r} ({directory}) cannot be read: {error}"
+        ) from error
 
 
 @functools.cache
 def load_tokenizer(name: str) -> HFTokenizer:
     """The tokenizer of base model ``name`` alone (no weights are read)."""
-    spec = resolve_model(name)
-    from transformers import AutoTokenizer
-
-    _check_directory(spec.directory)
-    try:
-        return HFTokenizer(AutoTokenizer.from_pretrained(spec.directory, local_files_only=True))
-    except (OSError, ValueError, KeyError) as error:
-        raise InvalidBaseModel(
-            f"the tokenizer of base model {name!r} ({spec.directory}) cannot be read: {error}"
-        ) from error
+    directory = resolve_model(name).directory
+    _check_directory(directory)
+    return _read_tokenizer(name, directory)
 
 
 def load_base_model(
